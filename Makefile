@@ -1,0 +1,35 @@
+# The two set-up commands: `make train` (the main job) and `make test`. Both create the virtual
+# environment if it is missing and install the project into it first.
+# TORCH picks the torch requirement: the default takes PyPI's normal wheel; CI and CPU-only machines
+# can pin a build, e.g. `make test TORCH=torch==2.13.0`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install train sample test lint clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED)
+
+train: install  ## train the 0.2M GPT on Tiny Shakespeare, then print a sample
+	$(BIN)/python train.py
+	$(BIN)/python sample.py num_tokens=300
+
+test: install  ## lint, then the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/multirun

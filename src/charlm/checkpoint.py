@@ -1,0 +1,78 @@
+"""The one place that reads checkpoints. It needs no Lightning: sampling and export load plain tensors.
+
+(Writing is Lightning's, made atomic by `charlm.training.AtomicCheckpointIO`.)
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from charlm.errors import CharLMError
+from charlm.models import build_model
+from charlm.vocab import Vocabulary
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CharLMError(f"checkpoint not found: {path}")
+    if path.is_file():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with every way a file can fail to be a checkpoint turned into a CharLMError."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except IsADirectoryError:
+        raise CharLMError(f"checkpoint path is a directory: {path}") from None
+    except Exception:  # torch.load fails in many ways on a truncated or foreign file
+        raise CharLMError(f"not a readable checkpoint (truncated, corrupt or not a checkpoint): {path}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CharLMError(f"not a charlm checkpoint (no weights inside): {path}")
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not {"model", "vocab"} <= hparams.keys():
+        raise CharLMError(f"not a charlm checkpoint (no model config or vocabulary inside): {path}")
+    return checkpoint
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    vocab: Vocabulary
+    model_config: dict
+    path: Path
+
+
+def model_state(state_dict: dict) -> dict:
+    """The model's own weights: drop the LightningModule's "model." prefix and torch.compile's "_orig_mod."."""
+    state = {}
+    for key, value in state_dict.items():
+        if key.startswith("model."):
+            state[key.removeprefix("model.").replace("_orig_mod.", "")] = value
+    return state
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Build the model a checkpoint (or run folder) describes and load its weights, in eval mode."""
+    file = find_checkpoint(path)
+    checkpoint = read_checkpoint(file)
+    hparams = checkpoint["hyper_parameters"]
+    vocab = Vocabulary(hparams["vocab"])
+    model = build_model(hparams["model"], vocab_size=len(vocab))
+    try:
+        model.load_state_dict(model_state(checkpoint["state_dict"]))
+    except RuntimeError as err:
+        detail = str(err).splitlines()[0]
+        raise CharLMError(f"checkpoint weights do not match its model config: {file} ({detail})") from None
+    return LoadedModel(model.eval(), vocab, dict(hparams["model"]), file)

@@ -1,0 +1,33 @@
+"""What the entry points share: config resolvers, and user errors printed as one line."""
+
+import os
+import sys
+from collections.abc import Callable
+
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+
+from charlm.errors import CharLMError
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("min", min, replace=True)
+
+
+def one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def run_cli(task: Callable, *args, user_errors: tuple[type[Exception], ...] = ()):
+    """Run an entry point's task; a user error becomes `error: ...` on stderr and exit status 2.
+
+    CharLMError and Hydra's instantiation errors are user errors, plus any `user_errors` the entry
+    point adds. Set CHARLM_DEBUG=1 to get the full traceback instead.
+    """
+    try:
+        return task(*args)
+    except (CharLMError, InstantiationException, *user_errors) as err:
+        if os.environ.get("CHARLM_DEBUG"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        sys.exit(2)

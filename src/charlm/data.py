@@ -1,0 +1,164 @@
+"""Text loading, the train/validation split and the LightningDataModule serving character blocks."""
+
+from importlib import resources
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from charlm.errors import CharLMError
+from charlm.vocab import Vocabulary
+
+TINY_SHAKESPEARE = "tinyshakespeare"
+
+
+def resolve_path(path: str | None) -> Path:
+    """`None` or "tinyshakespeare" means the corpus shipped inside the package."""
+    if path is None or path == TINY_SHAKESPEARE:
+        return Path(str(resources.files("charlm") / "corpora" / "tinyshakespeare.txt"))
+    return Path(path).expanduser()
+
+
+def read_text(path: str | None) -> str:
+    """Read a UTF-8 text file, turning every way it can be unusable into a CharLMError."""
+    file = resolve_path(path)
+    if not file.exists():
+        raise CharLMError(f"data file not found: {file}")
+    if file.is_dir():
+        raise CharLMError(f"data path is a directory, not a text file: {file}")
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise CharLMError(f"cannot read data file {file}: {err.strerror}") from None
+    if not raw:
+        raise CharLMError(f"data file is empty: {file}")
+    if b"\x00" in raw:
+        raise CharLMError(f"data file looks binary (it contains NUL bytes), not text: {file}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CharLMError(
+            f"data file is not UTF-8 text: {file} (invalid byte at offset {err.start})"
+        ) from None
+
+
+def split_text(text: str, train_fraction: float) -> tuple[str, str]:
+    """Train first, validation last, as one cut (no shuffling: validation text is unseen text)."""
+    cut = int(len(text) * train_fraction)
+    return text[:cut], text[cut:]
+
+
+class RandomBlockSampler(Sampler[list[int]]):
+    """Yields batches of random block offsets; batch i of epoch e depends only on (seed, e, i).
+
+    That makes the stream reproducible and lets a resumed run draw the same batches.
+    """
+
+    def __init__(self, num_offsets: int, batch_size: int, num_batches: int, seed: int):
+        self.num_offsets = num_offsets
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        generator = torch.Generator()
+        for i in range(self.num_batches):
+            generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i) % 2**63)
+            yield torch.randint(self.num_offsets, (self.batch_size,), generator=generator).tolist()
+
+
+class BlockDataset(Dataset):
+    """Blocks of `block_size` input ids and the next-character targets, fetched a batch at a time."""
+
+    def __init__(self, ids: torch.Tensor, block_size: int):
+        self.ids = ids
+        self.window = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        return len(self.ids) - len(self.window) + 1  # number of valid start offsets
+
+    def __getitem__(self, offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = self.ids[torch.as_tensor(offsets)[:, None] + self.window].long()  # (B, T+1)
+        return blocks[:, :-1], blocks[:, 1:]
+
+
+def validation_blocks(ids: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive non-overlapping blocks covering the whole validation split, in order."""
+    n = (len(ids) - 1) // block_size
+    inputs = ids[: n * block_size].long().view(n, block_size)  # (N, T)
+    targets = ids[1 : n * block_size + 1].long().view(n, block_size)  # (N, T)
+    return inputs, targets
+
+
+class CharDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str | None = None,
+        block_size: int = 32,
+        batch_size: int = 16,
+        eval_batch_size: int = 256,
+        train_fraction: float = 0.9,
+        num_batches: int = 5000,
+        num_workers: int = 0,
+        seed: int = 1337,
+        vocab: str | None = None,
+    ):
+        super().__init__()
+        for name, value in [("block_size", block_size), ("batch_size", batch_size),
+                            ("eval_batch_size", eval_batch_size), ("num_batches", num_batches)]:
+            if value < 1:
+                raise CharLMError(f"{name} must be a positive integer, got {value}")
+        if not 0 < train_fraction < 1:
+            raise CharLMError(f"data.train_fraction must be between 0 and 1, got {train_fraction}")
+        if num_workers < 0:
+            raise CharLMError(f"data.num_workers must be 0 or more, got {num_workers}")
+        self.path = path
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_fraction = train_fraction
+        self.num_batches = num_batches
+        self.num_workers = num_workers
+        self.seed = seed
+        self.fixed_vocab = vocab
+        self.vocab: Vocabulary | None = None
+        self.prepared = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prepared:
+            return
+        text = read_text(self.path)
+        self.vocab = Vocabulary(self.fixed_vocab) if self.fixed_vocab else Vocabulary.from_text(text)
+        train_text, val_text = split_text(text, self.train_fraction)
+        need = self.block_size + 1
+        if len(train_text) < need or len(val_text) < need:
+            total = max(need / self.train_fraction, need / (1 - self.train_fraction))
+            raise CharLMError(
+                f"data file {resolve_path(self.path)} is too short: {len(text)} characters; "
+                f"with block_size={self.block_size} each split needs at least {need}, "
+                f"so the file needs at least {int(total) + 1} (or lower block_size)"
+            )
+        dtype = torch.uint8 if len(self.vocab) <= 256 else torch.int32
+        self.train_ids = torch.tensor(self.vocab.encode(train_text), dtype=dtype)
+        self.val_ids = torch.tensor(self.vocab.encode(val_text), dtype=dtype)
+        self.prepared = True
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = BlockDataset(self.train_ids, self.block_size)
+        sampler = RandomBlockSampler(len(dataset), self.batch_size, self.num_batches, self.seed)
+        # batch_size=None: the sampler already yields whole batches, fetched with one indexing op.
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        inputs, targets = validation_blocks(self.val_ids, self.block_size)
+        dataset = torch.utils.data.TensorDataset(inputs, targets)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False)

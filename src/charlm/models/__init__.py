@@ -1,0 +1,30 @@
+"""Model families by name. Models are plain nn.Modules: they know nothing of Lightning or Hydra."""
+
+from torch import nn
+
+from charlm.errors import CharLMError
+from charlm.models.gpt import GPT
+
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
+
+
+def build_model(config: dict, vocab_size: int) -> nn.Module:
+    """Build a model from its config dict ({"name": "gpt", ...sizes}) and the vocabulary size."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if name not in MODELS:
+        raise CharLMError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    try:
+        return MODELS[name](vocab_size=vocab_size, **options)
+    except TypeError as err:  # an option the model does not take
+        raise CharLMError(f"model {name}: {err}") from None
+    except ValueError as err:
+        raise CharLMError(f"model {name}: {err}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters counted once, even when tied."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["GPT", "MODELS", "build_model", "count_parameters"]

@@ -1,0 +1,156 @@
+"""The user's path through the real command line: train, look in TensorBoard, sample, resume, mistakes."""
+
+import re
+
+import pytest
+import torch
+from conftest import TINY, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def test_training_writes_checkpoints_config_and_tensorboard(trained_run):
+    checkpoints = trained_run / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert len(list(checkpoints.glob("best-step*-val*.ckpt"))) == 1
+    assert (trained_run / ".hydra" / "config.yaml").is_file()
+    assert not list(checkpoints.glob(".*.tmp"))  # atomic saves leave no temp files
+
+    events = EventAccumulator(str(trained_run / "tb"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "val/loss", "val/bpc"} <= set(scalars)
+    assert any(tag.startswith("lr-") for tag in scalars)
+    val_steps = [e.step for e in events.Scalars("val/loss")]
+    assert val_steps == [19, 39]  # a validation every 20 steps
+    samples = events.Tensors("sample/text_summary")
+    assert [s.step for s in samples] == [20, 40]  # one generated sample per validation
+    assert len(samples[-1].tensor_proto.string_val[0].decode()) > 40
+
+
+def test_checkpoint_carries_everything_sampling_needs(trained_run):
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["model"]["n_embd"] == 16 and hparams["model"]["name"] == "gpt"
+    assert len(hparams["vocab"]) == 65
+    assert ckpt["global_step"] == 40
+    bpc = ckpt["callbacks"]
+    assert any("ModelCheckpoint" in key for key in bpc)
+
+
+def test_sample_streams_text_from_a_run_folder(trained_run, tmp_path):
+    result = run_script("sample.py", f"ckpt={trained_run}", "prompt=ROMEO:", "num_tokens=60", "seed=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ROMEO:")
+    assert len(result.stdout) == len("ROMEO:") + 60 + 1
+    assert "sampling from" in result.stderr and "best-step" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # sampling leaves nothing behind
+
+    again = run_script("sample.py", f"ckpt={trained_run}", "prompt=ROMEO:", "num_tokens=60", "seed=3", cwd=tmp_path)
+    assert again.stdout == result.stdout  # same seed, same text
+
+
+def test_greedy_batched_samples_are_identical(trained_run):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    result = run_script("sample.py", f"ckpt={last}", "temperature=0", "num_samples=3", "num_tokens=30")
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.split("\n" + "-" * 40 + "\n")
+    assert len(samples) == 3 and len(set(samples)) == 1
+
+
+def test_resume_continues_from_the_last_step(trained_run, tmp_path):
+    result = run_script("train.py", *TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={trained_run}",
+                        f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 60
+    events = EventAccumulator(str(tmp_path / "resumed" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [59]  # only the steps after 40 were trained
+
+
+def test_resume_rejects_a_checkpoint_of_another_model(trained_run, tmp_path):
+    result = run_script("train.py", *TINY, "n_layer=2", "max_steps=60", f"ckpt_path={trained_run}",
+                        f"hydra.run.dir={tmp_path / 'x'}")
+    assert result.returncode == 2
+    assert "its model differs (n_layer: 1 there, 2 here)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+BAD_DATA = {
+    "missing": (lambda d: d / "nope.txt", r"data file not found: .*nope\.txt"),
+    "directory": (lambda d: d, r"data path is a directory, not a text file"),
+    "empty": (lambda d: write(d / "empty.txt", b""), r"data file is empty: .*empty\.txt"),
+    "too short": (lambda d: write(d / "short.txt", b"to be or not to be\n" * 5),
+                  r"too short: 95 characters; with block_size=16 each split needs at least 17"),
+    "not utf-8": (lambda d: write(d / "latin1.txt", "café crème\n".encode("latin-1") * 100),
+                  r"not UTF-8 text: .*latin1\.txt \(invalid byte at offset 3\)"),
+    "binary": (lambda d: write(d / "blob.bin", bytes(range(256)) * 10), r"looks binary"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA, ids=list(BAD_DATA))
+def test_bad_data_gets_one_clear_error_line(case, tmp_path):
+    make_path, message = BAD_DATA[case]
+    result = run_script("train.py", *TINY, "max_steps=5", f"data.path={make_path(tmp_path)}",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0  # one line
+
+
+BAD_SAMPLING = {
+    "unknown prompt characters": (["prompt='hello {world} é'"], r"not in the model's vocabulary: '\{', '\}', 'é'"),
+    "missing checkpoint": (["ckpt=/no/such.ckpt"], r"checkpoint not found: /no/such\.ckpt"),
+    "bad temperature": (["temperature=-1"], r"temperature must be 0 \(greedy\) or positive"),
+    "bad top_p": (["top_p=1.5"], r"top_p must be in \(0, 1\]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SAMPLING, ids=list(BAD_SAMPLING))
+def test_bad_sampling_input_gets_one_clear_error_line(case, trained_run):
+    args, message = BAD_SAMPLING[case]
+    if not any(a.startswith("ckpt=") for a in args):
+        args = [f"ckpt={trained_run}", *args]
+    result = run_script("sample.py", *args)
+    assert result.returncode == 2
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncate"], ids=["empty", "text", "truncated"])
+def test_corrupt_checkpoints_are_rejected(content, trained_run, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    if content == "truncate":
+        content = (trained_run / "checkpoints" / "last.ckpt").read_bytes()[:5000]
+    bad.write_bytes(content)
+    result = run_script("sample.py", f"ckpt={bad}")
+    assert result.returncode == 2
+    assert "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("n_embd=30", r"n_embd \(30\) must be divisible by n_head \(4\)"),
+        ("lr=0", "lr must be a positive number"),
+        ("max_steps=-5", "max_steps must be a positive integer"),
+        ("dropout=1.5", r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_impossible_config_gets_one_clear_error_line(override, expected, tmp_path):
+    result = run_script("train.py", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert re.search(expected, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_misspelled_key_is_rejected_by_hydra(tmp_path):
+    result = run_script("train.py", "nlayer=3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "nlayer" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,52 @@
+import pytest
+from omegaconf import OmegaConf
+
+from charlm.models import build_model, count_parameters
+
+
+def preset_model(compose_config, *overrides):
+    cfg = compose_config(*overrides)
+    return cfg, build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=65)
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected", "published"),
+    [
+        ("gpt_0.2m", 209_729, 209_729),
+        ("gpt_2.7m", 2_697_281, 2_697_281),
+        ("gpt_10.7m", 10_745_088, 10_745_088),  # nanoGPT prints 10.65M: it leaves out position embeddings
+        ("gpt_12l768", 85_102_080, None),
+    ],
+)
+def test_preset_parameter_counts(compose_config, preset, expected, published):
+    _, model = preset_model(compose_config, f"experiment={preset}")
+    assert count_parameters(model) == expected
+    if published:
+        assert abs(expected - published) / published < 0.01
+
+
+def test_nanogpt_count_without_position_embeddings(compose_config):
+    _, model = preset_model(compose_config, "experiment=gpt_10.7m")
+    assert count_parameters(model) - model.pos_emb.weight.numel() == 10_646_784  # nanoGPT: "10.65M"
+
+
+def test_default_run_is_the_0_2m_preset(compose_config):
+    default, preset = (OmegaConf.to_container(compose_config(*o)) for o in ([], ["experiment=gpt_0.2m"]))
+    assert (default.pop("name"), preset.pop("name")) == ("${model.name}", "gpt_0.2m")
+    assert default == preset
+
+
+def test_top_level_knobs_reach_the_model_and_data(compose_config):
+    cfg, model = preset_model(compose_config, "model=gpt", "n_layer=12", "n_embd=96", "block_size=48")
+    assert len(model.blocks) == 12 and model.config.n_embd == 96 and model.block_size == 48
+    assert cfg.data.block_size == 48
+
+
+def test_knobs_override_a_preset(compose_config):
+    cfg, model = preset_model(compose_config, "experiment=gpt_2.7m", "n_layer=2", "dropout=0.0")
+    assert len(model.blocks) == 2 and model.config.n_embd == 192 and cfg.model.dropout == 0.0
+
+
+def test_validation_interval_is_clipped_to_the_run(compose_config):
+    cfg = compose_config("max_steps=40")
+    assert cfg.trainer.val_check_interval == 40

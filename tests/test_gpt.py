@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from charlm.errors import CharLMError
+from charlm.models import build_model, count_parameters
+
+
+def tiny_gpt(**overrides):
+    config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=24) | overrides
+    return build_model(config, vocab_size=11).eval()
+
+
+@pytest.mark.parametrize("options", [{}, {"activation": "gelu", "tie_weights": True, "bias": False}])
+def test_future_tokens_never_change_past_logits(options):
+    torch.manual_seed(0)
+    model = tiny_gpt(**options)
+    idx = torch.randint(11, (3, 24))
+    changed = idx.clone()
+    changed[:, 15:] = torch.randint(11, (3, 9))
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :15], b[:, :15], atol=1e-6)
+    assert not torch.allclose(a[:, 15:], b[:, 15:])
+
+
+def test_shorter_sequences_work_and_longer_ones_are_rejected():
+    model = tiny_gpt()
+    assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 11)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_weight_tying_shares_one_matrix():
+    model = tiny_gpt(tie_weights=True)
+    assert model.head.weight is model.tok_emb.weight
+    assert count_parameters(model) == count_parameters(tiny_gpt(tie_weights=False)) - 16 * 11 - 11
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_embd": 18, "n_head": 4}, "divisible by n_head"),
+        ({"n_layer": 0}, "n_layer must be a positive integer"),
+        ({"n_embd": -8}, "n_embd must be a positive integer"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+        ({"activation": "tanh"}, "activation must be one of"),
+        ({"n_layer": "four"}, "n_layer must be int"),
+        ({"n_layers": 3}, "unexpected keyword argument 'n_layers'"),
+    ],
+)
+def test_bad_model_options_get_clear_errors(options, message):
+    with pytest.raises(CharLMError, match=message):
+        tiny_gpt(**options)
