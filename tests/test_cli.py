@@ -1,5 +1,6 @@
 """The user's path through the real command line: train, look in TensorBoard, sample, resume, mistakes."""
 
+import csv
 import re
 
 import pytest
@@ -154,3 +155,35 @@ def test_misspelled_key_is_rejected_by_hydra(tmp_path):
     result = run_script("train.py", "nlayer=3", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
     assert "nlayer" in result.stderr and "Traceback" not in result.stderr
+
+
+def sweep(tmp_path, *args):
+    return run_script("train.py", "-m", *TINY, "max_steps=20", "eval_interval=10",
+                      f"hydra.sweep.dir={tmp_path}", *args)
+
+
+def report_rows(folder):
+    with (folder / "report.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
+    result = sweep(tmp_path, "model=cnn,gpt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and jobs[0].startswith("0_") and "model=cnn" in jobs[0] and "model=gpt" in jobs[1]
+    rows = report_rows(tmp_path)
+    assert [row["model"] for row in rows] == ["cnn", "gpt"]
+    for row in rows:
+        assert row["status"] == "finished" and int(row["steps"]) == 20 and int(row["tokens"]) == 20 * 16 * 16
+        assert 0 < float(row["best_val_loss"]) < 5 and float(row["tokens_per_s"]) > 0
+    assert (tmp_path / "val_loss.png").stat().st_size > 10_000
+    assert "| cnn |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
+    result = sweep(tmp_path, "n_embd=15,16")  # 15 is not divisible by n_head=2
+    assert result.returncode != 0  # the sweep as a whole reports the failure
+    assert "error: model gpt: n_embd (15) must be divisible by n_head (2)" in result.stderr
+    rows = report_rows(tmp_path)
+    assert [row["status"] for row in rows] == ["failed or unfinished", "finished"]

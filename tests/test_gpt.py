@@ -52,3 +52,16 @@ def test_weight_tying_shares_one_matrix():
 def test_bad_model_options_get_clear_errors(options, message):
     with pytest.raises(CharLMError, match=message):
         tiny_gpt(**options)
+
+
+def test_cached_chunk_after_a_cache_sees_the_right_past():
+    """Several new tokens after a cache (an offset causal mask) equal one full forward pass."""
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    idx = torch.randint(11, (2, 20))
+    with torch.no_grad():
+        reference = model(idx)
+        first, cache = model.forward_cached(idx[:, :8], None)
+        second, cache = model.forward_cached(idx[:, 8:], cache)
+    assert cache.length == 20
+    assert torch.allclose(torch.cat([first, second], dim=1), reference, atol=1e-5)

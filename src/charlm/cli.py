@@ -4,7 +4,9 @@ import os
 import sys
 from collections.abc import Callable
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from charlm.errors import CharLMError
@@ -22,7 +24,8 @@ def run_cli(task: Callable, *args, user_errors: tuple[type[Exception], ...] = ()
     """Run an entry point's task; a user error becomes `error: ...` on stderr and exit status 2.
 
     CharLMError and Hydra's instantiation errors are user errors, plus any `user_errors` the entry
-    point adds. Set CHARLM_DEBUG=1 to get the full traceback instead.
+    point adds. Set CHARLM_DEBUG=1 to get the full traceback instead. Inside a Hydra sweep the error
+    is raised on after its line is printed: Hydra then marks that job failed and runs the others.
     """
     try:
         return task(*args)
@@ -30,4 +33,6 @@ def run_cli(task: Callable, *args, user_errors: tuple[type[Exception], ...] = ()
         if os.environ.get("CHARLM_DEBUG"):
             raise
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
         sys.exit(2)

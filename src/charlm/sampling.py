@@ -40,18 +40,30 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) one step at a time, continuing the prompt ids (B, T0).
 
-    The context slides: only the last `model.block_size` tokens are fed back in.
+    Without a cache the whole context (its last `model.block_size` tokens) is recomputed for every
+    new token. Models with `forward_cached` keep their state between steps instead. When that state
+    fills the window, it restarts from the last half of the context: the same cost per token on
+    average, and exactly the recomputed result until the window first fills.
     """
+    window = model.block_size
+    cached = use_cache and hasattr(model, "forward_cached")
     was_training = model.training
     model.eval()
     try:
-        ids = prompt
+        ids, cache = prompt, None
         for _ in range(num_tokens):
-            logits = model(ids[:, -model.block_size :])[:, -1, :]  # (B, V)
-            next_ids = pick_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if not cached:
+                logits = model(ids[:, -window:])  # (B, T, V)
+            elif cache is None or cache.length >= window:
+                keep = window if cache is None else max(1, window // 2)
+                logits, cache = model.forward_cached(ids[:, -keep:], None)
+            else:
+                logits, cache = model.forward_cached(ids[:, -1:], cache)  # (B, 1, V)
+            next_ids = pick_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
             ids = torch.cat([ids, next_ids[:, None]], dim=1)
             yield next_ids
     finally:

@@ -1,8 +1,10 @@
 """A training run from a composed Hydra config: data, model, trainer, fit, report."""
 
+import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -46,8 +48,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 @rank_zero_only
-def say(message: str) -> None:
-    print(message, flush=True)
+def say(message: str, stream=None) -> None:
+    print(message, file=stream or sys.stdout, flush=True)
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -107,6 +109,12 @@ def train(cfg: DictConfig) -> float:
     say(f"run {cfg.name}: {cfg.model.name}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as float32), "
         f"vocabulary {len(datamodule.vocab)}, {len(datamodule.train_ids):,} train / "
         f"{len(datamodule.val_ids):,} val characters, output in {run_dir}")
+    receptive_field = getattr(module.model, "receptive_field", None)
+    if receptive_field is not None:
+        say(f"receptive field: {receptive_field} characters (block_size {cfg.block_size})")
+        if receptive_field < cfg.block_size:
+            say(f"warning: the receptive field ({receptive_field}) is shorter than block_size ({cfg.block_size}): "
+                "later positions cannot use the whole block; add layers or a longer dilation cycle", sys.stderr)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger),
@@ -119,14 +127,25 @@ def train(cfg: DictConfig) -> float:
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     metrics = trainer.callback_metrics
     sample = next((c.last_sample for c in callbacks if isinstance(c, TextSampleCallback)), "")
-    tokens = steps * trainer.accumulate_grad_batches * cfg.batch_size * cfg.block_size * trainer.world_size
+    tokens_per_step = trainer.accumulate_grad_batches * cfg.batch_size * cfg.block_size * trainer.world_size
+    tokens = steps * tokens_per_step
+    best_loss = float(best) if best is not None else math.nan
+    summary = {
+        "name": cfg.name, "model": cfg.model.name, "parameters": n_params, "steps": trainer.global_step,
+        "tokens": trainer.global_step * tokens_per_step, "best_val_loss": best_loss,
+        "best_val_bpc": best_loss / math.log(2), "tokens_per_s": tokens / seconds, "wall_time_s": seconds,
+        "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "",
+        "status": "finished" if trainer.global_step >= trainer.max_steps else "stopped early",
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     say("\n".join([
         f"trained {steps} steps, {tokens:,} tokens in {seconds:.1f} s: {tokens / seconds:,.0f} tokens/s "
         "(validation included)",
         f"final train/loss {float(metrics.get('train/loss', math.nan)):.4f}, "
         f"val/loss {float(metrics.get('val/loss', math.nan)):.4f}, "
-        f"best val/loss {float(best) if best is not None else math.nan:.4f}",
+        f"best val/loss {best_loss:.4f}",
         f"best checkpoint: {trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else '-'}",
         "sample:", sample,
     ]))
-    return float(best) if best is not None else math.inf
+    return best_loss if best is not None else math.inf

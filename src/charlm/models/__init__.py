@@ -3,9 +3,10 @@
 from torch import nn
 
 from charlm.errors import CharLMError
+from charlm.models.cnn import DilatedCNN
 from charlm.models.gpt import GPT
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "cnn": DilatedCNN}
 
 
 def build_model(config: dict, vocab_size: int) -> nn.Module:
@@ -27,4 +28,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["GPT", "MODELS", "build_model", "count_parameters"]
+__all__ = ["GPT", "DilatedCNN", "MODELS", "build_model", "count_parameters"]

@@ -1,6 +1,8 @@
 """A decoder-only transformer (GPT) for characters, in plain PyTorch.
 
 Shapes: B batch, T time (characters), C channels (n_embd), H heads, D head size, V vocabulary.
+For generation, `forward_cached` keeps each layer's keys and values, so a new character attends to
+the stored past instead of recomputing it.
 """
 
 import math
@@ -36,6 +38,16 @@ class GPTConfig:
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
+KeyValue = tuple[torch.Tensor, torch.Tensor]  # keys and values, each (B, H, T, D)
+
+
+@dataclass
+class GPTCache:
+    """Generation state: characters seen so far and every layer's keys and values."""
+
+    length: int
+    layers: list[KeyValue]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -46,14 +58,21 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.proj_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+        """x (B, T, C) -> (B, T, C), attending to `past` keys/values too; returns all keys/values."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        mask, causal = None, True
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+T, D)
+            causal = False  # one new query may see every stored key; several need an offset mask
+            if T > 1:
+                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.proj_dropout(self.proj(y))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.proj_dropout(self.proj(y)), (k, v)
 
 
 class MLP(nn.Module):
@@ -78,9 +97,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+        attended, keys_values = self.attn(self.ln_1(x), past)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), keys_values
 
 
 class GPT(nn.Module):
@@ -111,11 +131,18 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) to next-token logits (B, T, V)."""
+        return self.forward_cached(idx, None)[0]
+
+    def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None) -> tuple[torch.Tensor, GPTCache]:
+        """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V)."""
+        start = 0 if cache is None else cache.length
         T = idx.shape[1]
-        if T > self.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if start + T > self.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        layers = []
+        for i, block in enumerate(self.blocks):
+            x, keys_values = block(x, None if cache is None else cache.layers[i])
+            layers.append(keys_values)
+        return self.head(self.ln_f(x)), GPTCache(start + T, layers)  # (B, T, V)

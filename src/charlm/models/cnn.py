@@ -1,0 +1,123 @@
+"""A dilated causal CNN language model (WaveNet-style stack with GLU gates), in plain PyTorch.
+
+Shapes: B batch, T time (characters), C channels (hidden_dim), V vocabulary. Convolutions work on
+(B, C, T); embeddings, norms and the output projection on (B, T, C).
+
+Generation keeps, per layer, the last (kernel_size - 1) * dilation inputs of that layer (the queue
+of fast WaveNet generation), so each new character costs one short convolution per layer no matter
+how long the context is.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.models.config import check_config
+
+
+@dataclass
+class CNNConfig:
+    vocab_size: int = 65
+    embedding_dim: int = 64
+    hidden_dim: int = 64  # must equal embedding_dim: the residual adds block input and output
+    num_layers: int = 6
+    kernel_size: int = 3
+    max_seq_len: int = 32  # longest sequence the position table covers
+    dilation_cycle: int = 0  # 0: dilations 1, 2, 4, ... per layer; k > 0: 1, 2, ..., 2^(k-1), then again
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.dilation_cycle == 0:  # 0 is allowed here though check_config wants positive ints
+            self.dilation_cycle = self.num_layers
+        check_config(self, "CNN")
+        if self.hidden_dim != self.embedding_dim:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must equal embedding_dim ({self.embedding_dim}) "
+                "for the residual connections"
+            )
+        if self.kernel_size < 2:
+            raise ValueError(f"kernel_size must be at least 2, got {self.kernel_size}")
+
+    @property
+    def dilations(self) -> list[int]:
+        return [2 ** (i % self.dilation_cycle) for i in range(self.num_layers)]
+
+    @property
+    def receptive_field(self) -> int:
+        """How many characters (the current one included) one output can see."""
+        return 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
+
+
+@dataclass
+class CNNCache:
+    """Generation state: characters seen so far and each layer's recent inputs (B, C, (k-1)*d)."""
+
+    length: int
+    past_inputs: list[torch.Tensor]
+
+
+class CausalConvBlock(nn.Module):
+    """x + dropout(LayerNorm(GLU(dilated causal conv(x)))), on (B, C, T)."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float):
+        super().__init__()
+        self.history = (kernel_size - 1) * dilation  # inputs from the past one output needs
+        self.conv = nn.Conv1d(channels, 2 * channels, kernel_size, dilation=dilation)
+        self.norm = nn.LayerNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, T) -> (B, C, T), plus the last `history` inputs for the next call.
+
+        Without `past`, the sequence is padded with zeros on the left only, so output t never sees
+        an input after t.
+        """
+        padded = F.pad(x, (self.history, 0)) if past is None else torch.cat([past, x], dim=2)  # (B, C, H+T)
+        gated = F.glu(self.conv(padded), dim=1)  # (B, 2C, T) -> (B, C, T): a * sigmoid(b)
+        normed = self.norm(gated.transpose(1, 2)).transpose(1, 2)  # LayerNorm over channels
+        return x + self.dropout(normed), padded[:, :, padded.shape[2] - self.history :]
+
+
+class DilatedCNN(nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.config = config = CNNConfig(**options)
+        self.block_size = config.max_seq_len
+        self.receptive_field = config.receptive_field
+        self.tok_emb = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.embedding_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            CausalConvBlock(config.hidden_dim, config.kernel_size, d, config.dropout) for d in config.dilations
+        )
+        self.ln_f = nn.LayerNorm(config.hidden_dim)
+        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        # Conv weights keep PyTorch's fan-in scaled default: a GLU needs a non-vanishing gate input.
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) to next-token logits (B, T, V)."""
+        return self.forward_cached(idx, None)[0]
+
+    def forward_cached(self, idx: torch.Tensor, cache: CNNCache | None) -> tuple[torch.Tensor, CNNCache]:
+        """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V)."""
+        start = 0 if cache is None else cache.length
+        T = idx.shape[1]
+        if start + T > self.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than max_seq_len {self.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = x.transpose(1, 2)  # (B, C, T)
+        pasts = []
+        for i, block in enumerate(self.blocks):
+            x, past = block(x, None if cache is None else cache.past_inputs[i])
+            pasts.append(past)
+        logits = self.head(self.ln_f(x.transpose(1, 2)))  # (B, T, C) -> (B, T, V)
+        return logits, CNNCache(start + T, pasts)

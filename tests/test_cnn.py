@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from charlm.errors import CharLMError
+from charlm.models import build_model
+from charlm.sampling import generate
+
+
+def tiny_cnn(**overrides):
+    config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=40, dilation_cycle=3)
+    return build_model(config | overrides, vocab_size=11).eval()
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3, 5])
+def test_future_tokens_never_change_past_logits(kernel_size):
+    torch.manual_seed(0)
+    model = tiny_cnn(kernel_size=kernel_size)
+    idx = torch.randint(11, (3, 40))
+    changed = idx.clone()
+    changed[:, 25:] = torch.randint(11, (3, 15))
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :25], b[:, :25], atol=1e-6)
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+def test_receptive_field_is_exactly_what_the_stack_sees():
+    torch.manual_seed(0)
+    model = tiny_cnn(kernel_size=3, dilation_cycle=2)  # dilations 1, 2, 1, 2
+    assert model.config.dilations == [1, 2, 1, 2]
+    assert model.receptive_field == 1 + 2 * (1 + 2 + 1 + 2) == 13
+    idx = torch.randint(11, (1, 40))
+    with torch.no_grad():
+        base = model(idx)[0, 39]
+        inside, outside = idx.clone(), idx.clone()
+        inside[0, 39 - 12] = (idx[0, 39 - 12] + 1) % 11  # oldest character in the field
+        outside[0, 39 - 13] = (idx[0, 39 - 13] + 1) % 11  # one further back
+        assert not torch.allclose(model(inside)[0, 39], base)
+        assert torch.allclose(model(outside)[0, 39], base)
+
+
+def test_dilation_schedule_doubles_or_cycles():
+    assert tiny_cnn(num_layers=5, dilation_cycle=0).config.dilations == [1, 2, 4, 8, 16]
+    assert tiny_cnn(num_layers=7, dilation_cycle=3).config.dilations == [1, 2, 4, 1, 2, 4, 1]
+
+
+def test_shorter_sequences_work_and_longer_ones_are_rejected():
+    model = tiny_cnn()
+    assert model(torch.zeros(2, 7, dtype=torch.long)).shape == (2, 7, 11)
+    with pytest.raises(ValueError, match="longer than max_seq_len 40"):
+        model(torch.zeros(1, 41, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hidden_dim": 32}, r"hidden_dim \(32\) must equal embedding_dim \(16\)"),
+        ({"kernel_size": 1}, "kernel_size must be at least 2"),
+        ({"num_layers": 0}, "num_layers must be a positive integer"),
+        ({"embedding_dim": -16, "hidden_dim": -16}, "embedding_dim must be a positive integer"),
+        ({"dilation_cycle": -1}, "dilation_cycle must be a positive integer"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_cnn_options_get_clear_errors(options, message):
+    with pytest.raises(CharLMError, match=message):
+        tiny_cnn(**options)
+
+
+@pytest.mark.parametrize("name", ["cnn", "gpt"])
+def test_cached_greedy_generation_equals_full_recomputation(name):
+    torch.manual_seed(0)
+    if name == "cnn":
+        model = tiny_cnn()
+    else:
+        model = build_model(dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=40), vocab_size=11).eval()
+    prompt = torch.randint(11, (2, 3))
+    steps = model.block_size - 3  # up to a full window: where cached and recomputed must agree exactly
+    cached = torch.stack(list(generate(model, prompt, steps, temperature=0)), dim=1)
+    full = torch.stack(list(generate(model, prompt, steps, temperature=0, use_cache=False)), dim=1)
+    assert torch.equal(cached, full)
+
+    ids = torch.cat([prompt, cached], dim=1)  # (2, 40)
+    with torch.no_grad():
+        reference = model(ids)  # (2, 40, V)
+        logits, cache = model.forward_cached(ids[:, :3], None)
+        stepwise = [logits]
+        for t in range(3, ids.shape[1]):
+            logits, cache = model.forward_cached(ids[:, t : t + 1], cache)
+            stepwise.append(logits)
+    assert torch.allclose(torch.cat(stepwise, dim=1), reference, atol=1e-5)
+
+
+def test_generation_slides_past_the_window():
+    torch.manual_seed(0)
+    model = tiny_cnn(max_seq_len=16)
+    prompt = torch.randint(11, (1, 20))  # already longer than the window
+    for use_cache in (True, False):
+        out = list(generate(model, prompt, 50, temperature=1.0, use_cache=use_cache))
+        assert len(out) == 50 and all(0 <= int(t) < 11 for t in out)
