@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import yaml
 from conftest import TINY, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -187,3 +188,19 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert "error: model gpt: n_embd (15) must be divisible by n_head (2)" in result.stderr
     rows = report_rows(tmp_path)
     assert [row["status"] for row in rows] == ["failed or unfinished", "finished"]
+
+
+def test_parallel_sweep_with_the_joblib_launcher(tmp_path):
+    result = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", "model=cnn,gpt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(row["model"] for row in report_rows(tmp_path)) == ["cnn", "gpt"]
+
+
+def test_optuna_search_gets_each_trials_best_val_loss(tmp_path):
+    result = run_script("train.py", "hparams_search=lr_size", "hydra.sweeper.n_trials=2", *TINY[:1], *TINY[3:],
+                        "max_steps=20", "eval_interval=10", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    rows = report_rows(tmp_path)
+    assert len(rows) == 2 and {"lr", "n_embd"} <= best["best_params"].keys()
+    assert best["best_value"] == pytest.approx(min(float(row["best_val_loss"]) for row in rows), abs=1e-6)

@@ -16,6 +16,8 @@ def preset_model(compose_config, *overrides):
         ("gpt_2.7m", 2_697_281, 2_697_281),
         ("gpt_10.7m", 10_745_088, 10_745_088),  # nanoGPT prints 10.65M: it leaves out position embeddings
         ("gpt_12l768", 85_102_080, None),
+        ("cnn_0.2m", 209_217, 209_729),  # beside gpt_0.2m
+        ("cnn_2.7m", 2_694_977, 2_697_281),  # beside gpt_2.7m
     ],
 )
 def test_preset_parameter_counts(compose_config, preset, expected, published):
@@ -50,3 +52,19 @@ def test_knobs_override_a_preset(compose_config):
 def test_validation_interval_is_clipped_to_the_run(compose_config):
     cfg = compose_config("max_steps=40")
     assert cfg.trainer.val_check_interval == 40
+
+
+def test_top_level_knobs_reach_the_cnn(compose_config):
+    cfg, model = preset_model(compose_config, "model=cnn", "n_layer=8", "n_embd=128", "block_size=48")
+    assert len(model.blocks) == 8
+    assert model.config.embedding_dim == model.config.hidden_dim == 128 and model.block_size == 48
+    assert cfg.data.block_size == 48
+
+
+def test_cnn_presets_keep_the_gpt_budget(compose_config):
+    for size in ("0.2m", "2.7m"):
+        gpt, cnn = compose_config(f"experiment=gpt_{size}"), compose_config(f"experiment=cnn_{size}")
+        for key in ("block_size", "batch_size", "max_steps", "lr", "dropout"):
+            assert gpt[key] == cnn[key], key
+        _, model = preset_model(compose_config, f"experiment=cnn_{size}")
+        assert model.receptive_field >= cnn.block_size

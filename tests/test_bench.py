@@ -1,0 +1,24 @@
+"""The benchmark command runs and writes its tables. Speed itself is measured, never asserted, in tests."""
+
+import json
+import subprocess
+import sys
+
+
+def test_generation_benchmark_writes_markdown_and_json(tmp_path):
+    cmd = [sys.executable, "-m", "charlm.bench", "generation", "--presets", "gpt_0.2m,cnn_0.2m",
+           "--tokens", "40", "--batch", "1,2", "--repeats", "1", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
+    assert [(r["preset"], r["batch"]) for r in rows] == [("gpt_0.2m", 1), ("gpt_0.2m", 2),
+                                                         ("cnn_0.2m", 1), ("cnn_0.2m", 2)]
+    assert all(r["cached_tokens_per_s"] > 0 and r["recompute_tokens_per_s"] > 0 for r in rows)
+    assert "| gpt_0.2m | 209,729 | 1 | 40 |" in (tmp_path / "generation.md").read_text()
+
+
+def test_unknown_preset_is_one_clear_error(tmp_path):
+    cmd = [sys.executable, "-m", "charlm.bench", "generation", "--presets", "gpt_9m", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "unknown preset 'gpt_9m'; presets: cnn_0.2m" in result.stderr and "Traceback" not in result.stderr
