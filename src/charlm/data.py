@@ -52,14 +52,20 @@ def split_text(text: str, train_fraction: float) -> tuple[str, str]:
 class RandomBlockSampler(Sampler[list[int]]):
     """Yields batches of random block offsets; batch i of epoch e depends only on (seed, e, i).
 
-    That makes the stream reproducible and lets a resumed run draw the same batches.
+    That makes the stream reproducible and lets a resumed run draw the same batches. Under data
+    parallelism each step draws one global batch of `batch_size * world_size` offsets and process
+    `rank` takes its own slice, so N processes see exactly the batch one process would see with
+    N times the batch size.
     """
 
-    def __init__(self, num_offsets: int, batch_size: int, num_batches: int, seed: int):
+    def __init__(self, num_offsets: int, batch_size: int, num_batches: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
         self.num_offsets = num_offsets
         self.batch_size = batch_size
         self.num_batches = num_batches
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
@@ -72,7 +78,8 @@ class RandomBlockSampler(Sampler[list[int]]):
         generator = torch.Generator()
         for i in range(self.num_batches):
             generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i) % 2**63)
-            yield torch.randint(self.num_offsets, (self.batch_size,), generator=generator).tolist()
+            offsets = torch.randint(self.num_offsets, (self.batch_size * self.world_size,), generator=generator)
+            yield offsets[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
 
 
 class BlockDataset(Dataset):
@@ -151,14 +158,22 @@ class CharDataModule(L.LightningDataModule):
         self.val_ids = torch.tensor(self.vocab.encode(val_text), dtype=dtype)
         self.prepared = True
 
+    def process_slot(self) -> tuple[int, int]:
+        """(rank, world size) of this process; (0, 1) outside a distributed run."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    # The trainer runs with use_distributed_sampler=False: these loaders shard the data themselves.
     def train_dataloader(self) -> DataLoader:
         dataset = BlockDataset(self.train_ids, self.block_size)
-        sampler = RandomBlockSampler(len(dataset), self.batch_size, self.num_batches, self.seed)
+        sampler = RandomBlockSampler(len(dataset), self.batch_size, self.num_batches, self.seed, *self.process_slot())
         # batch_size=None: the sampler already yields whole batches, fetched with one indexing op.
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         inputs, targets = validation_blocks(self.val_ids, self.block_size)
         dataset = torch.utils.data.TensorDataset(inputs, targets)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False)
+        rank, world_size = self.process_slot()
+        shard = range(rank, len(dataset), world_size)  # every block exactly once across processes
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=shard)

@@ -5,6 +5,8 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
 
 from charlm.errors import CharLMError
 from charlm.models import build_model
@@ -19,6 +21,28 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_optimizer(model: nn.Module, optim: dict, max_steps: int, fused: bool = False):
+    """AdamW with weight decay on matrices only (linear, conv and embedding weights), and the
+    warm-up + cosine schedule stepped per optimizer step. Shared by Lightning and the bare benchmark loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},  # biases, norm gains
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused)
+    decay_steps = optim.get("decay_steps") or max_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, optim["warmup_steps"], decay_steps, optim["min_lr_ratio"])
+    )
+    return optimizer, scheduler
+
+
+def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    inputs, targets = batch  # (B, T) each
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
 class LanguageModel(L.LightningModule):
     """Holds a model, its vocabulary and the optimizer settings; all three are saved in checkpoints."""
 
@@ -30,42 +54,28 @@ class LanguageModel(L.LightningModule):
         self.optim = dict(optimizer)
         if self.optim["lr"] <= 0:
             raise CharLMError(f"lr must be positive, got {self.optim['lr']}")
+        # Token-weighted mean over the whole validation set, summed across processes under DDP.
+        self.val_loss = MeanMetric()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        inputs, targets = batch  # (B, T) each
-        logits = self.model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
     def training_step(self, batch, batch_idx):
-        loss = self.loss(batch)
+        loss = next_token_loss(self.model, batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self.loss(batch)
-        batch_size = batch[0].shape[0]
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log("val/bpc", loss / math.log(2), batch_size=batch_size, sync_dist=True)
+        self.val_loss.update(next_token_loss(self.model, batch), weight=batch[1].numel())
+
+    def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        # Already the global mean; sync_dist only averages identical values (and keeps Lightning quiet).
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/bpc", loss / math.log(2), sync_dist=True)
 
     def configure_optimizers(self):
-        opt = self.optim
-        # Decay matrices (linear and embedding weights) only; biases and norm gains stay undecayed.
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": opt["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups, lr=opt["lr"], betas=tuple(opt["betas"]), fused=self.device.type == "cuda"
-        )
-        decay_steps = opt.get("decay_steps") or self.trainer.max_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: warmup_cosine(step, opt["warmup_steps"], decay_steps, opt["min_lr_ratio"]),
-        )
+        optimizer, scheduler = make_optimizer(self.model, self.optim, self.trainer.max_steps,
+                                              fused=self.device.type == "cuda")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -17,10 +17,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.callbacks import TextSampleCallback
-from charlm.checkpoint import find_checkpoint, read_checkpoint
+from charlm.checkpoint import find_checkpoint, load_model, read_checkpoint
 from charlm.errors import CharLMError
 from charlm.lit import LanguageModel
 from charlm.models import count_parameters
+from charlm.sampling import sample_text
 
 # Lightning chatter that says nothing about this run.
 NOISE = ("💡 Tip", "Trainer already configured with model summary")
@@ -45,6 +46,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
+
+
+def compile_model(model: torch.nn.Module, example: torch.Tensor) -> bool:
+    """Compile in place (state_dict keys stay unchanged), trying one forward and backward pass now.
+
+    Returns False, after a warning, when this machine cannot compile, and the model stays eager.
+    """
+    try:
+        model.compile()
+        model(example).sum().backward()
+        model.zero_grad(set_to_none=True)
+        return True
+    except Exception as err:  # compilers fail in many ways: no C++ toolchain, unsupported platform...
+        model._compiled_call_impl = None  # back to eager
+        torch._dynamo.reset()
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        say(f"warning: compile=true failed, training without torch.compile ({type(err).__name__}: {first_line})",
+            sys.stderr)
+        return False
 
 
 @rank_zero_only
@@ -94,6 +114,9 @@ def train(cfg: DictConfig) -> float:
     check_run_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions on Ampere and newer
+        torch.backends.cudnn.allow_tf32 = True
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.run_dir)
 
@@ -105,6 +128,8 @@ def train(cfg: DictConfig) -> float:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
     )
     ckpt_path, start_step = resume_checkpoint(cfg.ckpt_path, module)
+    if cfg.compile and compile_model(module.model, torch.zeros(2, cfg.block_size, dtype=torch.long)):
+        say("compiled the model with torch.compile")
     n_params = count_parameters(module.model)
     say(f"run {cfg.name}: {cfg.model.name}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as float32), "
         f"vocabulary {len(datamodule.vocab)}, {len(datamodule.train_ids):,} train / "
@@ -122,30 +147,52 @@ def train(cfg: DictConfig) -> float:
     start_time = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start_time
-    steps = trainer.global_step - start_step
+    if not trainer.is_global_zero:
+        return math.inf
+    return report_run(cfg, trainer, run_dir, n_params, start_step, seconds)
 
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    metrics = trainer.callback_metrics
-    sample = next((c.last_sample for c in callbacks if isinstance(c, TextSampleCallback)), "")
+
+def final_state(trainer: L.Trainer, run_dir: Path) -> tuple[int, float, str]:
+    """(global step, best val/loss, best checkpoint) as saved in last.ckpt. Read from disk because
+    with ddp_spawn the training ran in child processes and this process's trainer never advanced."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    callback = trainer.checkpoint_callback
+    if not last.is_file() or callback is None:
+        score = callback.best_model_score if callback else None
+        return trainer.global_step, float(score) if score is not None else math.nan, ""
+    checkpoint = read_checkpoint(last)
+    state = next((v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")), {})
+    score = state.get("best_model_score")
+    return int(checkpoint["global_step"]), float(score) if score is not None else math.nan, state.get(
+        "best_model_path", "")
+
+
+def report_run(cfg: DictConfig, trainer: L.Trainer, run_dir: Path, n_params: int, start_step: int,
+               seconds: float) -> float:
+    """Write summary.json and print the end-of-run summary with a sample from the best checkpoint."""
+    step, best_loss, best_path = final_state(trainer, run_dir)
     tokens_per_step = trainer.accumulate_grad_batches * cfg.batch_size * cfg.block_size * trainer.world_size
-    tokens = steps * tokens_per_step
-    best_loss = float(best) if best is not None else math.nan
+    tokens = (step - start_step) * tokens_per_step
     summary = {
-        "name": cfg.name, "model": cfg.model.name, "parameters": n_params, "steps": trainer.global_step,
-        "tokens": trainer.global_step * tokens_per_step, "best_val_loss": best_loss,
-        "best_val_bpc": best_loss / math.log(2), "tokens_per_s": tokens / seconds, "wall_time_s": seconds,
-        "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "",
-        "status": "finished" if trainer.global_step >= trainer.max_steps else "stopped early",
+        "name": cfg.name, "model": cfg.model.name, "parameters": n_params, "steps": step,
+        "tokens": step * tokens_per_step, "best_val_loss": best_loss, "best_val_bpc": best_loss / math.log(2),
+        "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path,
+        "status": "finished" if step >= cfg.max_steps else "stopped early",
     }
-    if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sample = ""
+    if best_path:
+        sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
+        best = load_model(best_path)
+        sample = sample_text(best.model, best.vocab, sampler.prompt, max(sampler.num_tokens, 200),
+                             temperature=sampler.temperature, generator=torch.Generator().manual_seed(sampler.seed))
+    metrics = trainer.callback_metrics
     say("\n".join([
-        f"trained {steps} steps, {tokens:,} tokens in {seconds:.1f} s: {tokens / seconds:,.0f} tokens/s "
-        "(validation included)",
+        f"trained {step - start_step} steps, {tokens:,} tokens in {seconds:.1f} s: "
+        f"{tokens / seconds:,.0f} tokens/s (validation included)",
         f"final train/loss {float(metrics.get('train/loss', math.nan)):.4f}, "
-        f"val/loss {float(metrics.get('val/loss', math.nan)):.4f}, "
-        f"best val/loss {best_loss:.4f}",
-        f"best checkpoint: {trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else '-'}",
+        f"val/loss {float(metrics.get('val/loss', math.nan)):.4f}, best val/loss {best_loss:.4f}",
+        f"best checkpoint: {best_path or '-'}",
         "sample:", sample,
     ]))
-    return best_loss if best is not None else math.inf
+    return best_loss if not math.isnan(best_loss) else math.inf

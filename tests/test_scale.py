@@ -1,0 +1,62 @@
+"""Precision, compile and data parallelism, through the real command line on CPU."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import TINY, run_script
+
+from charlm.checkpoint import model_state
+
+
+def train(tmp_path, name, *args):
+    run_dir = tmp_path / name
+    result = run_script("train.py", *TINY, "max_steps=30", "eval_interval=15", f"hydra.run.dir={run_dir}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    weights = model_state(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    return result, summary, weights
+
+
+def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path):
+    """Each of 2 gloo processes takes half of every global batch of 16; DDP averages their gradients,
+    which is the full batch's gradient up to float32 summation order. So after 30 AdamW steps the
+    weights agree to ~1e-6 (we allow 1e-5) and the validation loss to 1e-5."""
+    _, single, single_weights = train(tmp_path, "single", "batch_size=16", "threads=1")
+    result, ddp, ddp_weights = train(tmp_path, "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                     "trainer.precision=32-true", "batch_size=8", "threads=1")
+    assert ddp["steps"] == single["steps"] == 30
+    assert ddp["tokens"] == single["tokens"] == 30 * 16 * 16
+    assert ddp["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-5)
+    assert ddp_weights.keys() == single_weights.keys()
+    for key in single_weights:
+        torch.testing.assert_close(ddp_weights[key], single_weights[key], atol=1e-5, rtol=0)
+    assert "best checkpoint" in result.stdout
+
+
+@pytest.mark.parametrize("model", ["gpt", "cnn"])
+def test_bf16_mixed_precision_trains_both_models(tmp_path, model):
+    fast = [f"model={model}", "optimizer.warmup_steps=3", "lr=3e-3"]
+    _, fp32, _ = train(tmp_path, "fp32", *fast)
+    _, bf16, weights = train(tmp_path, "bf16", *fast, "trainer.precision=bf16-mixed")
+    assert bf16["steps"] == 30
+    assert bf16["best_val_loss"] < math.log(65) - 0.5  # it learns
+    assert bf16["best_val_loss"] == pytest.approx(fp32["best_val_loss"], abs=0.05)  # about as well as fp32
+    assert all(w.dtype == torch.float32 for w in weights.values())  # mixed: weights stay float32
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_as_eager(tmp_path):
+    _, eager, eager_weights = train(tmp_path, "eager")
+    result, compiled, compiled_weights = train(tmp_path, "compiled", "compile=true")
+    assert "compiled the model with torch.compile" in result.stdout
+    assert compiled_weights.keys() == eager_weights.keys()  # no _orig_mod. prefix in checkpoints
+    assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-4)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "/bin/false")  # a machine without a working C++ compiler
+    result, summary, _ = train(tmp_path, "fallback", "compile=true")
+    assert "warning: compile=true failed, training without torch.compile" in result.stderr
+    assert summary["steps"] == 30
