@@ -1,17 +1,22 @@
-"""Speed benchmarks that print a table and save it as Markdown and JSON.
+"""Speed benchmarks that print a table and save it as Markdown and JSON (under outputs/bench/).
 
-    python -m charlm.bench generation [--presets gpt_0.2m,cnn_0.2m] [--tokens 500] [--batch 1,8]
+    python -m charlm.bench training     # Lightning loop vs a bare PyTorch loop, MFU, peak memory
+    python -m charlm.bench generation   # tokens/s with and without caches
 
-Models are built from the experiment presets with random weights (speed does not depend on them)
-and the Tiny Shakespeare vocabulary size. Every figure is a median over repeats.
+Models come from the experiment presets (a case may add overrides: "gpt_2.7m block_size=128
+batch_size=32"), trained on Tiny Shakespeare or, for generation, with random weights (speed does not
+depend on them). Every figure is a median over many steps after warm-up.
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +26,13 @@ from omegaconf import OmegaConf
 from charlm.errors import CharLMError
 from charlm.models import build_model, count_parameters
 from charlm.sampling import generate
+
+TRAINING_CASES = [
+    "gpt_0.2m",
+    "cnn_0.2m",
+    "gpt_2.7m block_size=128 batch_size=32",
+    "cnn_2.7m block_size=128 batch_size=32",
+]
 
 VOCAB_SIZE = 65
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -40,9 +52,162 @@ def preset_config(name: str, *overrides: str):
         return compose(config_name="config", overrides=[f"experiment={name}", *overrides])
 
 
+def case_config(case: str, *extra: str):
+    name, *overrides = case.split()
+    return preset_config(name, *overrides, *extra)
+
+
 def preset_model(name: str) -> torch.nn.Module:
     cfg = preset_config(name)
     return build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=VOCAB_SIZE)
+
+
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """Peak matmul throughput (FLOP/s) of this device at the current thread count: the best
+    median over square sizes 512 to 4096 (GPU: 1024 to 8192)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sizes = (1024, 4096, 8192) if device == "cuda" else (512, 1024, 2048, 4096)
+    best = 0.0
+    for size in sizes:
+        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+        times = []
+        for _ in range(repeats + 2):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        best = max(best, 2 * size**3 / statistics.median(times[2:]))
+    return best
+
+
+def flops_per_token(model: torch.nn.Module, block_size: int) -> float:
+    """Training FLOPs per token, forward and backward, as nanoGPT and the PaLM paper count them:
+    6 per weight of every matrix product (embedding lookups excluded, a tied head included) plus
+    12 * n_layer * n_embd * block_size for attention scores and their weighted sums."""
+    matmul_weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n)
+    if getattr(model.config, "tie_weights", False):
+        matmul_weights += model.head.weight.numel()
+    flops = 6 * matmul_weights
+    if hasattr(model.config, "n_head"):  # attention
+        flops += 12 * model.config.n_layer * model.config.n_embd * block_size
+    return flops
+
+
+class StepTimer:
+    """Times every training step as the interval between consecutive batch ends: data loading,
+    forward, backward, optimizer, logging and progress bar all included."""
+
+    def __init__(self):
+        import lightning as L
+
+        class _Callback(L.Callback):
+            def on_train_batch_end(inner, *args, **kwargs):
+                self.stamps.append(time.perf_counter())
+
+        self.stamps: list[float] = []
+        self.callback = _Callback()
+
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+
+
+def lightning_steps(cfg, steps: int) -> list[float]:
+    """Step times of the real Lightning loop: the run's own trainer, logger and callbacks
+    (progress bar, LR monitor, model summary), without validation and checkpoints."""
+    from hydra.utils import instantiate
+
+    from charlm.lit import LanguageModel
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = LanguageModel(OmegaConf.to_container(cfg.model, resolve=True), datamodule.vocab.chars,
+                           OmegaConf.to_container(cfg.optimizer, resolve=True))
+    timer = StepTimer()
+    skip = {"checkpoint", "text_sample"}
+    callbacks = [instantiate(c) for k, c in cfg.callbacks.items() if k not in skip] + [timer.callback]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, max_steps=steps, limit_val_batches=0,
+                              num_sanity_val_steps=0, enable_checkpointing=False, default_root_dir=tmp,
+                              logger=instantiate(cfg.logger, save_dir=tmp))
+        trainer.fit(module, datamodule=datamodule)
+    return timer.intervals()
+
+
+def bare_steps(cfg, steps: int) -> list[float]:
+    """Step times of a plain PyTorch loop doing the same work: same data loader, model, AdamW,
+    schedule and gradient clipping; no Lightning."""
+    from hydra.utils import instantiate
+
+    from charlm.lit import make_optimizer, next_token_loss
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=len(datamodule.vocab))
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    model.to(device).train()
+    optimizer, scheduler = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True), cfg.max_steps,
+                                          fused=device == "cuda")
+    clip = cfg.trainer.gradient_clip_val
+    times, start = [], time.perf_counter()
+    for step, (inputs, targets) in enumerate(datamodule.train_dataloader()):
+        if step == steps:
+            break
+        loss = next_token_loss(model, (inputs.to(device), targets.to(device)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - start)
+        start = now
+    return times
+
+
+def training_case(case: str, steps: int, threads: int | None, rounds: int) -> dict:
+    """One benchmark case, run in a fresh process (see bench_training) so peak memory is its own."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = case_config(case, f"max_steps={steps}", "callbacks.progress_bar.refresh_rate=25")
+    warmup = max(3, steps // 10)
+    bare, lightning = [], []
+    for _ in range(rounds):  # alternate, so drifting machine load hits both loops alike
+        bare += bare_steps(cfg, steps)[warmup:]
+        lightning += lightning_steps(cfg, steps)[warmup:]
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=VOCAB_SIZE)
+    tokens = cfg.batch_size * cfg.block_size
+    bare_s, lightning_s = statistics.median(bare), statistics.median(lightning)
+    flops = flops_per_token(model, cfg.block_size) * tokens
+    peak = matmul_peak_flops()
+    if torch.cuda.is_available():
+        memory_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return {
+        "case": case, "parameters": count_parameters(model), "tokens_per_step": tokens,
+        "bare_ms_per_step": bare_s * 1e3, "lightning_ms_per_step": lightning_s * 1e3,
+        "lightning_over_bare": bare_s / lightning_s, "lightning_tokens_per_s": tokens / lightning_s,
+        "model_gflop_per_step": flops / 1e9, "peak_gflop_per_s": peak / 1e9,
+        "mfu_lightning": flops / lightning_s / peak,
+        "peak_memory_mb": memory_mb, "threads": torch.get_num_threads(),
+    }
+
+
+def bench_training(cases: list[str], steps: int, threads: int | None, rounds: int) -> list[dict]:
+    rows = []
+    spawn = multiprocessing.get_context("spawn")
+    for case in cases:
+        case_config(case)  # fail early, in this process, on a bad case
+        with spawn.Pool(1) as pool:
+            rows.append(pool.apply(training_case, (case, steps, threads, rounds)))
+        print_row(rows[-1])
+    return rows
 
 
 def time_generation(model, batch: int, tokens: int, use_cache: bool, repeats: int) -> float:
@@ -93,8 +258,8 @@ def markdown_table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     for row in rows:
-        cells = [f"{row[k]:,.1f}" if isinstance(row[k], float) else f"{row[k]:,}" if isinstance(row[k], int)
-                 else str(row[k]) for k in keys]
+        cells = [(f"{row[k]:.3f}" if abs(row[k]) < 10 else f"{row[k]:,.1f}") if isinstance(row[k], float)
+                 else f"{row[k]:,}" if isinstance(row[k], int) else str(row[k]) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -122,21 +287,30 @@ def positive_ints(text: str) -> list[int]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m charlm.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["generation"])
-    parser.add_argument("--presets", default="gpt_0.2m,cnn_0.2m,gpt_2.7m,cnn_2.7m,gpt_10.7m")
-    parser.add_argument("--tokens", type=int, default=500, help="new characters per sample")
-    parser.add_argument("--batch", type=positive_ints, default=[1, 8], help="batch sizes, e.g. 1,8")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("kind", choices=["training", "generation"])
+    parser.add_argument("--case", action="append", help="training: a preset plus overrides, e.g. "
+                        "'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the four standard cases)")
+    parser.add_argument("--steps", type=int, default=150, help="training: steps per loop and round")
+    parser.add_argument("--rounds", type=int, default=2, help="training: alternating rounds of both loops")
+    parser.add_argument("--presets", default="gpt_0.2m,cnn_0.2m,gpt_2.7m,cnn_2.7m,gpt_10.7m",
+                        help="generation: comma-separated presets")
+    parser.add_argument("--tokens", type=int, default=500, help="generation: new characters per sample")
+    parser.add_argument("--batch", type=positive_ints, default=[1, 8], help="generation: batch sizes, e.g. 1,8")
+    parser.add_argument("--repeats", type=int, default=3, help="generation: runs per measurement")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
-    if args.tokens < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        raise CharLMError("--tokens, --repeats and --threads must be positive")
+    if min(args.tokens, args.repeats, args.steps, args.rounds, args.threads or 1) < 1:
+        raise CharLMError("--tokens, --repeats, --steps, --rounds and --threads must be positive")
+    if args.steps < 20:
+        raise CharLMError("--steps must be at least 20 (the first tenth is warm-up)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    presets = [p for p in args.presets.split(",") if p]
-    command = "python -m charlm.bench " + " ".join(argv)
-    rows = bench_generation(presets, args.tokens, args.batch, args.repeats)
+    command = "python -m charlm.bench " + " ".join(f"'{a}'" if " " in a else a for a in argv)
+    if args.kind == "training":
+        rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
+    else:
+        rows = bench_generation([p for p in args.presets.split(",") if p], args.tokens, args.batch, args.repeats)
     save(rows, args.kind, args.out, command)
 
 

@@ -38,15 +38,14 @@ class GPTConfig:
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
-KeyValue = tuple[torch.Tensor, torch.Tensor]  # keys and values, each (B, H, T, D)
-
-
 @dataclass
 class GPTCache:
-    """Generation state: characters seen so far and every layer's keys and values."""
+    """Generation state: characters seen so far, and every layer's keys and values in buffers
+    allocated once for the whole window (writing in place beats growing tensors step by step)."""
 
     length: int
-    layers: list[KeyValue]
+    keys: torch.Tensor  # (n_layer, B, H, block_size, D)
+    values: torch.Tensor  # (n_layer, B, H, block_size, D)
 
 
 class CausalSelfAttention(nn.Module):
@@ -58,21 +57,25 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.proj_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
-        """x (B, T, C) -> (B, T, C), attending to `past` keys/values too; returns all keys/values."""
+    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). With a cache, this step's keys/values are stored at positions
+        cache.length onwards and the queries attend to everything stored so far."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         mask, causal = None, True
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+T, D)
-            causal = False  # one new query may see every stored key; several need an offset mask
-            if T > 1:
-                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+        if cache is not None:
+            start, end = cache.length, cache.length + T
+            cache.keys[layer, :, :, start:end] = k
+            cache.values[layer, :, :, start:end] = v
+            k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]  # (B, H, end, D)
+            if start > 0:  # one new query may see every stored key; several need an offset mask
+                causal = False
+                mask = None if T == 1 else torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, C)
-        return self.proj_dropout(self.proj(y)), (k, v)
+        return self.proj_dropout(self.proj(y))
 
 
 class MLP(nn.Module):
@@ -97,10 +100,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
-        attended, keys_values = self.attn(self.ln_1(x), past)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x)), keys_values
+    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -129,20 +131,25 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) to next-token logits (B, T, V)."""
-        return self.forward_cached(idx, None)[0]
-
-    def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None) -> tuple[torch.Tensor, GPTCache]:
-        """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V)."""
+    def forward(self, idx: torch.Tensor, cache: GPTCache | None = None) -> torch.Tensor:
+        """Token ids (B, T) to next-token logits (B, T, V), continuing `cache` if given."""
         start = 0 if cache is None else cache.length
         T = idx.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        layers = []
         for i, block in enumerate(self.blocks):
-            x, keys_values = block(x, None if cache is None else cache.layers[i])
-            layers.append(keys_values)
-        return self.head(self.ln_f(x)), GPTCache(start + T, layers)  # (B, T, V)
+            x = block(x, cache, i)
+        return self.head(self.ln_f(x))  # (B, T, V)
+
+    def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None) -> tuple[torch.Tensor, GPTCache]:
+        """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V)."""
+        if cache is None:
+            c = self.config
+            shape = (c.n_layer, idx.shape[0], c.n_head, c.block_size, c.n_embd // c.n_head)
+            weight = self.tok_emb.weight
+            cache = GPTCache(0, weight.new_empty(shape), weight.new_empty(shape))
+        logits = self(idx, cache)
+        cache.length += idx.shape[1]
+        return logits, cache
