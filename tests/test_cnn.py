@@ -3,7 +3,6 @@ import torch
 
 from charlm.errors import CharLMError
 from charlm.models import build_model
-from charlm.sampling import generate
 
 
 def tiny_cnn(**overrides):
@@ -67,34 +66,3 @@ def test_bad_cnn_options_get_clear_errors(options, message):
         tiny_cnn(**options)
 
 
-@pytest.mark.parametrize("name", ["cnn", "gpt"])
-def test_cached_greedy_generation_equals_full_recomputation(name):
-    torch.manual_seed(0)
-    if name == "cnn":
-        model = tiny_cnn()
-    else:
-        model = build_model(dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=40), vocab_size=11).eval()
-    prompt = torch.randint(11, (2, 3))
-    steps = model.block_size - 3  # up to a full window: where cached and recomputed must agree exactly
-    cached = torch.stack(list(generate(model, prompt, steps, temperature=0)), dim=1)
-    full = torch.stack(list(generate(model, prompt, steps, temperature=0, use_cache=False)), dim=1)
-    assert torch.equal(cached, full)
-
-    ids = torch.cat([prompt, cached], dim=1)  # (2, 40)
-    with torch.no_grad():
-        reference = model(ids)  # (2, 40, V)
-        logits, cache = model.forward_cached(ids[:, :3], None)
-        stepwise = [logits]
-        for t in range(3, ids.shape[1]):
-            logits, cache = model.forward_cached(ids[:, t : t + 1], cache)
-            stepwise.append(logits)
-    assert torch.allclose(torch.cat(stepwise, dim=1), reference, atol=1e-5)
-
-
-def test_generation_slides_past_the_window():
-    torch.manual_seed(0)
-    model = tiny_cnn(max_seq_len=16)
-    prompt = torch.randint(11, (1, 20))  # already longer than the window
-    for use_cache in (True, False):
-        out = list(generate(model, prompt, 50, temperature=1.0, use_cache=use_cache))
-        assert len(out) == 50 and all(0 <= int(t) < 11 for t in out)

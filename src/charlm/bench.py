@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from charlm.errors import CharLMError
 from charlm.models import build_model, count_parameters
+from charlm.models.runner import TorchRunner
 from charlm.sampling import generate
 
 TRAINING_CASES = [
@@ -210,14 +212,14 @@ def bench_training(cases: list[str], steps: int, threads: int | None, rounds: in
     return rows
 
 
-def time_generation(model, batch: int, tokens: int, use_cache: bool, repeats: int) -> float:
+def time_generation(runner, batch: int, tokens: int, use_cache: bool, repeats: int) -> float:
     """Median tokens/s (per sequence, i.e. characters each sample gains per second)."""
-    prompt = torch.zeros(batch, 1, dtype=torch.long)
-    generator = torch.Generator().manual_seed(0)
+    prompt = np.zeros((batch, 1), dtype=np.int64)
+    rng = np.random.default_rng(0)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for _ in generate(model, prompt, tokens, temperature=1.0, generator=generator, use_cache=use_cache):
+        for _ in generate(runner, prompt, tokens, temperature=1.0, rng=rng, use_cache=use_cache):
             pass
         rates.append(tokens / (time.perf_counter() - start))
     return statistics.median(rates)
@@ -227,9 +229,10 @@ def bench_generation(presets: list[str], tokens: int, batches: list[int], repeat
     rows = []
     for name in presets:
         model = preset_model(name).eval()
+        runner = TorchRunner(model)
         for batch in batches:
-            full = time_generation(model, batch, tokens, use_cache=False, repeats=repeats)
-            cached = time_generation(model, batch, tokens, use_cache=True, repeats=repeats)
+            full = time_generation(runner, batch, tokens, use_cache=False, repeats=repeats)
+            cached = time_generation(runner, batch, tokens, use_cache=True, repeats=repeats)
             rows.append({
                 "preset": name, "parameters": count_parameters(model), "batch": batch, "new_tokens": tokens,
                 "recompute_tokens_per_s": full, "cached_tokens_per_s": cached, "speedup": cached / full,

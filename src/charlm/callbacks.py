@@ -1,9 +1,10 @@
 """Training callbacks of our own: a generated text sample in TensorBoard at every validation."""
 
 import lightning as L
-import torch
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from charlm.models.runner import TorchRunner
 from charlm.sampling import sample_text
 
 
@@ -19,11 +20,9 @@ class TextSampleCallback(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_tokens < 1:
             return
         # A fixed seed for each sample, so successive samples show the model changing, not the dice.
-        generator = torch.Generator(pl_module.device).manual_seed(self.seed)
-        self.last_sample = sample_text(
-            pl_module.model, pl_module.vocab, self.prompt, self.num_tokens,
-            temperature=self.temperature, generator=generator,
-        )
+        with TorchRunner(pl_module.model) as runner:
+            self.last_sample = sample_text(runner, pl_module.vocab, self.prompt, self.num_tokens,
+                                           temperature=self.temperature, rng=np.random.default_rng(self.seed))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # Indented lines render as a code block in TensorBoard, which keeps line breaks.

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from charlm.errors import CharLMError
+from charlm.export_format import read_export
 from charlm.models import build_model
 from charlm.vocab import Vocabulary
 
@@ -64,15 +65,21 @@ def model_state(state_dict: dict) -> dict:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Build the model a checkpoint (or run folder) describes and load its weights, in eval mode."""
+    """Build the model a checkpoint, run folder or .npz export describes and load its weights, in eval mode."""
     file = find_checkpoint(path)
-    checkpoint = read_checkpoint(file)
-    hparams = checkpoint["hyper_parameters"]
-    vocab = Vocabulary(hparams["vocab"])
-    model = build_model(hparams["model"], vocab_size=len(vocab))
+    if file.suffix == ".npz":
+        meta, arrays = read_export(file)
+        model_config, vocab_chars = meta["model"], meta["vocab"]
+        state = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    else:
+        checkpoint = read_checkpoint(file)
+        model_config, vocab_chars = checkpoint["hyper_parameters"]["model"], checkpoint["hyper_parameters"]["vocab"]
+        state = model_state(checkpoint["state_dict"])
+    vocab = Vocabulary(vocab_chars)
+    model = build_model(model_config, vocab_size=len(vocab))
     try:
-        model.load_state_dict(model_state(checkpoint["state_dict"]))
+        model.load_state_dict(state)
     except RuntimeError as err:
-        detail = str(err).splitlines()[0]
-        raise CharLMError(f"checkpoint weights do not match its model config: {file} ({detail})") from None
-    return LoadedModel(model.eval(), vocab, dict(hparams["model"]), file)
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
+        raise CharLMError(f"weights in {file} do not match its model config ({detail})") from None
+    return LoadedModel(model.eval(), vocab, dict(model_config), file)

@@ -1,16 +1,19 @@
-"""`sample.py`'s work: load a checkpoint and stream generated text to standard output."""
+"""`sample.py`'s work: open a model (torch checkpoint, or NumPy export) and stream generated text.
+
+The NumPy backend never imports torch.
+"""
 
 import sys
 from pathlib import Path
 
-import torch
+import numpy as np
 from omegaconf import DictConfig
 
-from charlm.checkpoint import load_model
 from charlm.errors import CharLMError
 from charlm.sampling import generate
 
 RUNS_DIR = Path("outputs/runs")
+BACKENDS = ("torch", "numpy")
 
 
 def newest_run() -> Path:
@@ -21,6 +24,8 @@ def newest_run() -> Path:
 
 
 def check_sample_config(cfg: DictConfig) -> None:
+    if cfg.backend not in BACKENDS:
+        raise CharLMError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     if not isinstance(cfg.num_tokens, int) or cfg.num_tokens < 0:
         raise CharLMError(f"num_tokens must be 0 or a positive integer, got {cfg.num_tokens!r}")
     if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
@@ -35,29 +40,41 @@ def check_sample_config(cfg: DictConfig) -> None:
         raise CharLMError("prompt must contain at least one character")
 
 
+def open_model(cfg: DictConfig):
+    """(runner, vocabulary, path) for the configured backend."""
+    if cfg.backend == "numpy":
+        from charlm.numpy_gpt import load_export
+
+        if cfg.ckpt is None or not str(cfg.ckpt).endswith(".npz"):
+            raise CharLMError("backend=numpy runs a portable export: first `python -m charlm.export CHECKPOINT "
+                              "--format npz`, then sample.py backend=numpy ckpt=FILE.npz")
+        model, vocab = load_export(cfg.ckpt)
+        return model, vocab, cfg.ckpt
+    from charlm.checkpoint import load_model
+    from charlm.models.runner import TorchRunner
+
+    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run())
+    return TorchRunner(loaded.model.to(cfg.device)), loaded.vocab, loaded.path
+
+
 def sample(cfg: DictConfig) -> None:
     check_sample_config(cfg)
-    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run())
-    print(f"sampling from {loaded.path}", file=sys.stderr, flush=True)
-    prompt_ids = torch.tensor([loaded.vocab.encode(cfg.prompt)] * cfg.num_samples, device=cfg.device)
-    model = loaded.model.to(cfg.device)
-    generator = torch.Generator(cfg.device)
-    if cfg.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(cfg.seed)
-    steps = generate(model, prompt_ids, cfg.num_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+    runner, vocab, path = open_model(cfg)
+    print(f"sampling from {path} ({cfg.backend})", file=sys.stderr, flush=True)
+    prompt_ids = np.array([vocab.encode(cfg.prompt)] * cfg.num_samples, dtype=np.int64)
+    rng = np.random.default_rng(cfg.seed)  # seed None: fresh entropy each call
+    steps = generate(runner, prompt_ids, cfg.num_tokens, cfg.temperature, cfg.top_k, cfg.top_p, rng)
     out = sys.stdout
     if cfg.num_samples == 1:  # stream character by character
         out.write(cfg.prompt)
         for next_id in steps:
-            out.write(loaded.vocab.chars[int(next_id[0])])
+            out.write(vocab.chars[int(next_id[0])])
             out.flush()
         out.write("\n")
     else:  # one batch; print each sample when all are done
-        columns = torch.stack(list(steps), dim=1) if cfg.num_tokens else prompt_ids[:, :0]  # (N, num_tokens)
+        columns = np.stack(list(steps), axis=1) if cfg.num_tokens else prompt_ids[:, :0]  # (N, num_tokens)
         for i, row in enumerate(columns.tolist()):
             if i:
                 out.write("\n" + "-" * 40 + "\n")
-            out.write(cfg.prompt + loaded.vocab.decode(row) + "\n")
+            out.write(cfg.prompt + vocab.decode(row) + "\n")
     out.flush()

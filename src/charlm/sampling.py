@@ -1,77 +1,80 @@
-"""One sampling function for every model: temperature, top-k and top-p (nucleus) sampling."""
+"""One sampling loop for every model and backend, in NumPy (the NumPy engine must not need torch).
+
+A model plugs in through a runner with `block_size`, `logits(ids)` (recompute: last-position logits
+of the ids, (B, V)), `has_cache` and, if that is true, `forward_cached(ids, cache)` returning the
+last-position logits and the updated cache (whose `length` counts the characters it holds). Torch models get one
+from `charlm.models.runner.TorchRunner`; the NumPy GPT is its own runner.
+"""
 
 from collections.abc import Iterator
 
-import torch
-from torch import nn
+import numpy as np
 
 
 def pick_next(
-    logits: torch.Tensor,
+    logits: np.ndarray,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Choose the next token for each row of logits (B, V); temperature 0 means greedy."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        return logits.argmax(axis=-1)
+    scaled = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth_largest = np.sort(scaled, axis=-1)[:, -top_k][:, None]
+        scaled = np.where(scaled < kth_largest, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
         # Drop a token when the tokens ranked above it already reach top_p; the top one always stays.
-        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        drop_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= top_p
+        drop = np.empty_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    rng = rng if rng is not None else np.random.default_rng()
+    draws = rng.random((probs.shape[0], 1))
+    return np.minimum((np.cumsum(probs, axis=-1) < draws).sum(axis=-1), probs.shape[-1] - 1)
 
 
-@torch.inference_mode()
 def generate(
-    model: nn.Module,
-    prompt: torch.Tensor,
+    runner,
+    prompt: np.ndarray,
     num_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    rng: np.random.Generator | None = None,
     use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
+) -> Iterator[np.ndarray]:
     """Yield the next token ids (B,) one step at a time, continuing the prompt ids (B, T0).
 
-    Without a cache the whole context (its last `model.block_size` tokens) is recomputed for every
-    new token. Models with `forward_cached` keep their state between steps instead. When that state
-    fills the window, it restarts from the last half of the context: the same cost per token on
-    average, and exactly the recomputed result until the window first fills.
+    Without a cache the whole context (its last `block_size` tokens) is recomputed for every new
+    token. With one, each step feeds only the newest token. When the cache fills the window it
+    restarts from the last half of the context: the same cost per token on average, and exactly the
+    recomputed result until the window first fills.
     """
-    window = model.block_size
-    cached = use_cache and hasattr(model, "forward_cached")
-    was_training = model.training
-    model.eval()
-    try:
-        ids, cache = prompt, None
-        for _ in range(num_tokens):
-            if not cached:
-                logits = model(ids[:, -window:])  # (B, T, V)
-            elif cache is None or cache.length >= window:
-                keep = window if cache is None else max(1, window // 2)
-                logits, cache = model.forward_cached(ids[:, -keep:], None)
-            else:
-                logits, cache = model.forward_cached(ids[:, -1:], cache)  # (B, 1, V)
-            next_ids = pick_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            ids = torch.cat([ids, next_ids[:, None]], dim=1)
-            yield next_ids
-    finally:
-        model.train(was_training)
+    window = runner.block_size
+    cached = use_cache and runner.has_cache
+    ids, cache = np.asarray(prompt, dtype=np.int64), None
+    for _ in range(num_tokens):
+        if not cached:
+            logits = runner.logits(ids[:, -window:])
+        elif cache is None or cache.length >= window:
+            keep = window if cache is None else max(1, window // 2)
+            logits, cache = runner.forward_cached(ids[:, -keep:], None)
+        else:
+            logits, cache = runner.forward_cached(ids[:, -1:], cache)
+        next_ids = pick_next(logits, temperature, top_k, top_p, rng)  # (B,)
+        ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        yield next_ids
 
 
-def sample_text(model: nn.Module, vocab, prompt: str, num_tokens: int, **options) -> str:
-    """Convenience for a single sample: prompt text in, generated text (without the prompt) out."""
-    device = next(model.parameters()).device
-    prompt_ids = torch.tensor([vocab.encode(prompt)], device=device)
-    return vocab.decode([int(t) for t in generate(model, prompt_ids, num_tokens, **options)])
+def sample_text(runner, vocab, prompt: str, num_tokens: int, **options) -> str:
+    """One sample: prompt text in, generated text (without the prompt) out."""
+    prompt_ids = np.array([vocab.encode(prompt)], dtype=np.int64)
+    return vocab.decode([int(t[0]) for t in generate(runner, prompt_ids, num_tokens, **options)])

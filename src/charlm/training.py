@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -21,6 +22,7 @@ from charlm.checkpoint import find_checkpoint, load_model, read_checkpoint
 from charlm.errors import CharLMError
 from charlm.lit import LanguageModel
 from charlm.models import count_parameters
+from charlm.models.runner import TorchRunner
 from charlm.sampling import sample_text
 
 # Lightning chatter that says nothing about this run.
@@ -184,8 +186,9 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, run_dir: Path, n_params: int
     if best_path:
         sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
         best = load_model(best_path)
-        sample = sample_text(best.model, best.vocab, sampler.prompt, max(sampler.num_tokens, 200),
-                             temperature=sampler.temperature, generator=torch.Generator().manual_seed(sampler.seed))
+        with TorchRunner(best.model) as runner:
+            sample = sample_text(runner, best.vocab, sampler.prompt, max(sampler.num_tokens, 200),
+                                 temperature=sampler.temperature, rng=np.random.default_rng(sampler.seed))
     metrics = trainer.callback_metrics
     say("\n".join([
         f"trained {step - start_step} steps, {tokens:,} tokens in {seconds:.1f} s: "

@@ -27,16 +27,30 @@ class GPTConfig:
     bias: bool = True  # biases in linear layers and LayerNorms
     qkv_bias: bool = True  # bias on the query/key/value projection (off in the published 0.2M GPT)
     tie_weights: bool = False  # share the token embedding with the output projection
+    pos_encoding: str = "learned"  # "learned" table or fixed "sinusoidal" encoding
+    init: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections; "xavier": Glorot uniform
 
     def __post_init__(self):
         check_config(self, "GPT")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        for name, allowed in [("activation", ACTIVATIONS), ("pos_encoding", ("learned", "sinusoidal")),
+                              ("init", ("gpt2", "xavier"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
+    """The fixed encoding of "Attention Is All You Need": sin on even channels, cos on odd, (length, dim)."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table.float()
 
 @dataclass
 class GPTCache:
@@ -111,25 +125,36 @@ class GPT(nn.Module):
         self.config = config = GPTConfig(**options)
         self.block_size = config.block_size
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos_encoding == "learned":
+            self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        else:  # fixed, so not a parameter and not saved: rebuilt from the config
+            self.register_buffer("pos_table", sinusoidal_encoding(config.block_size, config.n_embd), persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias and not config.tie_weights)
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer).
-        for name, param in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.Linear) and module.weight is not self.tok_emb.weight:
+                if config.init == "xavier":
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if config.init == "gpt2":  # scale projections into the residual stream by 1/sqrt(2 * n_layer)
+            for name, param in self.named_parameters():
+                if name.endswith("proj.weight"):
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    def positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Position vectors for positions start .. start+length-1, (T, C)."""
+        if self.config.pos_encoding == "learned":
+            return self.pos_emb(torch.arange(start, start + length, device=device))
+        return self.pos_table[start : start + length]
 
     def forward(self, idx: torch.Tensor, cache: GPTCache | None = None) -> torch.Tensor:
         """Token ids (B, T) to next-token logits (B, T, V), continuing `cache` if given."""
@@ -137,8 +162,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.dropout(self.tok_emb(idx) + self.positions(start, T, idx.device))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         return self.head(self.ln_f(x))  # (B, T, V)

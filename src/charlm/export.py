@@ -1,0 +1,46 @@
+"""Write a trained checkpoint's weights in a portable format.
+
+    python -m charlm.export CHECKPOINT_OR_RUN [--format npz] [--out FILE]
+
+The .npz holds every weight under its torch name plus the model config and vocabulary as JSON: the
+NumPy engine (sample.py backend=numpy) runs it without torch, and load_model() reads it back into
+torch with identical logits.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from charlm.checkpoint import find_checkpoint, load_model
+from charlm.errors import CharLMError
+from charlm.export_format import write_export
+
+FORMATS = ("npz",)
+
+
+def export(checkpoint, fmt: str = "npz", out: Path | None = None) -> Path:
+    if fmt not in FORMATS:
+        raise CharLMError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
+    loaded = load_model(checkpoint)
+    out = out or find_checkpoint(checkpoint).with_suffix(".npz")
+    if out.parent and not out.parent.is_dir():
+        raise CharLMError(f"output folder does not exist: {out.parent}")
+    arrays = {name: tensor.detach().cpu().numpy() for name, tensor in loaded.model.state_dict().items()}
+    write_export(out, loaded.model_config, loaded.vocab.chars, arrays)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m charlm.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a .ckpt file or a run folder (its best checkpoint)")
+    parser.add_argument("--format", default="npz", help="npz (the only format so far)")
+    parser.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, .npz)")
+    args = parser.parse_args(argv)
+    path = export(args.checkpoint, args.format, args.out)
+    print(path)
+
+
+if __name__ == "__main__":
+    from charlm.cli import run_cli
+
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,20 @@
+"""A pre-LayerNorm decoder block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+
+import numpy as np
+
+from charlm.numpy_gpt.attention import KeyValueCache, MultiHeadAttention
+from charlm.numpy_gpt.feedforward import FeedForward
+from charlm.numpy_gpt.layernorm import LayerNorm
+
+
+class DecoderBlock:
+    def __init__(self, weights: dict, prefix: str, n_head: int, activation: str, dropout_p: float = 0.0):
+        self.ln_1 = LayerNorm(weights[f"{prefix}.ln_1.weight"], weights.get(f"{prefix}.ln_1.bias"))
+        self.attn = MultiHeadAttention(weights, f"{prefix}.attn", n_head, dropout_p)
+        self.ln_2 = LayerNorm(weights[f"{prefix}.ln_2.weight"], weights.get(f"{prefix}.ln_2.bias"))
+        self.mlp = FeedForward(weights, f"{prefix}.mlp", activation, dropout_p)
+
+    def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+        x = x + self.attn(self.ln_1(x), cache, layer, rng)
+        return x + self.mlp(self.ln_2(x), rng)

@@ -1,0 +1,145 @@
+"""The NumPy engine against the torch GPT, the portable export, and sampling without torch."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_script
+
+from charlm.checkpoint import load_model
+from charlm.errors import CharLMError
+from charlm.export import export
+from charlm.export_format import read_export, write_export
+from charlm.models import build_model
+from charlm.models.runner import TorchRunner
+from charlm.numpy_gpt import NumpyGPT, load_export, random_weights
+from charlm.sampling import generate
+
+CONFIGS = {
+    "relu, no qkv bias": dict(activation="relu", qkv_bias=False),
+    "gelu, tied, no bias": dict(activation="gelu", tie_weights=True, bias=False),
+    "sinusoidal positions": dict(pos_encoding="sinusoidal"),
+    "xavier init": dict(init="xavier"),
+}
+
+
+def torch_and_numpy(**options):
+    torch.manual_seed(0)
+    config = dict(name="gpt", n_layer=3, n_head=4, n_embd=32, block_size=48) | options
+    model = build_model(config, vocab_size=65).eval()
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    return model, NumpyGPT(config, weights)
+
+
+@pytest.mark.parametrize("options", CONFIGS.values(), ids=list(CONFIGS))
+def test_numpy_logits_match_torch(options):
+    model, numpy_model = torch_and_numpy(**options)
+    ids = np.random.default_rng(0).integers(65, size=(3, 48))
+    with torch.no_grad():
+        expected = model(torch.as_tensor(ids)).numpy()
+    np.testing.assert_allclose(numpy_model.forward(ids), expected, atol=1e-4, rtol=0)
+
+
+def test_numpy_cache_matches_its_own_full_pass():
+    _, numpy_model = torch_and_numpy()
+    ids = np.random.default_rng(1).integers(65, size=(2, 30))
+    full = numpy_model.forward(ids)
+    logits, cache = numpy_model.forward_cached(ids[:, :10], None)
+    steps = [logits]
+    for t in range(10, 30):
+        logits, cache = numpy_model.forward_cached(ids[:, t : t + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(np.stack(steps[1:], axis=1), full[:, 10:], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(steps[0], full[:, 9], atol=1e-5, rtol=0)
+
+
+def test_dropout_only_in_training_mode_passes():
+    _, numpy_model = torch_and_numpy(dropout=0.2)
+    ids = np.random.default_rng(2).integers(65, size=(1, 20))
+    inference = numpy_model.forward(ids)
+    assert np.array_equal(inference, numpy_model.forward(ids))  # deterministic without an rng
+    train_a = numpy_model.forward(ids, rng=np.random.default_rng(3))
+    train_b = numpy_model.forward(ids, rng=np.random.default_rng(3))
+    assert np.array_equal(train_a, train_b) and not np.allclose(train_a, inference)
+
+
+@pytest.mark.parametrize("init", ["gpt2", "xavier"])
+def test_initialisations_in_numpy_and_torch(init):
+    config = dict(name="gpt", n_layer=2, n_head=2, n_embd=64, block_size=16, init=init)
+    numpy_w = random_weights(config, vocab_size=65, init=init)["blocks.0.mlp.fc.weight"]  # (256, 64)
+    torch.manual_seed(0)
+    torch_w = build_model(config, vocab_size=65).blocks[0].mlp.fc.weight.detach().numpy()
+    for w in (numpy_w, torch_w):
+        if init == "xavier":
+            limit = math.sqrt(6 / (64 + 256))
+            assert np.abs(w).max() <= limit and abs(w.std() - limit / math.sqrt(3)) < 0.01
+        else:
+            assert abs(w.std() - 0.02) < 0.002
+    model = NumpyGPT(config, random_weights(config, 65, init=init))  # a model built from scratch runs
+    assert model.forward(np.zeros((1, 5), dtype=np.int64)).shape == (1, 5, 65)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    return export(trained_run, "npz", tmp_path_factory.mktemp("export") / "tiny.npz")
+
+
+def test_export_loads_back_into_torch_exactly(trained_run, exported):
+    original, restored = load_model(trained_run), load_model(exported)
+    ids = torch.randint(65, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(original.model(ids), restored.model(ids))
+    assert restored.vocab.chars == original.vocab.chars and restored.model_config == original.model_config
+
+
+def test_numpy_greedy_generation_equals_torch_for_200_characters(trained_run, exported):
+    torch_runner = TorchRunner(load_model(trained_run).model)
+    numpy_model, vocab = load_export(exported)
+    prompt = np.array([vocab.encode("ROMEO:\n")])
+    from_torch = [int(t[0]) for t in generate(torch_runner, prompt, 200, temperature=0)]
+    from_numpy = [int(t[0]) for t in generate(numpy_model, prompt, 200, temperature=0)]
+    assert from_numpy == from_torch
+
+
+def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):
+    # torch made unimportable: any `import torch` on this path raises ImportError.
+    code = ("import sys, runpy; sys.modules['torch'] = None; "
+            f"sys.argv = ['sample.py', 'backend=numpy', 'ckpt={exported}', 'num_tokens=50', 'seed=1']; "
+            f"runpy.run_path({str(ROOT / 'sample.py')!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == 1 + 50 + 1  # the newline prompt, 50 characters, a final newline
+    with_torch = run_script("sample.py", "backend=numpy", f"ckpt={exported}", "num_tokens=50", "seed=1")
+    assert with_torch.stdout == result.stdout
+
+
+def test_export_command_and_its_errors(trained_run, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "charlm.export", str(trained_run), "--out", str(tmp_path / "m.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and (tmp_path / "m.npz").is_file()
+    for args, message in [
+        ([str(trained_run), "--format", "onnx"], "unknown export format 'onnx'; supported: npz"),
+        ([str(tmp_path / "missing.ckpt")], "checkpoint not found"),
+        ([str(trained_run), "--out", str(tmp_path / "no" / "such" / "dir.npz")], "output folder does not exist"),
+    ]:
+        bad = subprocess.run([sys.executable, "-m", "charlm.export", *args],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_mismatched_or_corrupt_exports_get_clear_errors(exported, tmp_path):
+    meta, arrays = read_export(exported)
+    meta["model"]["n_embd"] = 32  # the weights are 16 wide
+    write_export(tmp_path / "wrong.npz", meta["model"], meta["vocab"], arrays)
+    with pytest.raises(CharLMError, match="do not match its model config"):
+        load_model(tmp_path / "wrong.npz")
+    (tmp_path / "cut.npz").write_bytes(exported.read_bytes()[:3000])
+    with pytest.raises(CharLMError, match="not a readable charlm export"):
+        load_export(tmp_path / "cut.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3), __meta__=np.array(json.dumps({"format": "else"})))
+    with pytest.raises(CharLMError, match="not a charlm export"):
+        load_export(tmp_path / "other.npz")

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from charlm.models import build_model
+from charlm.models.runner import TorchRunner
+from charlm.sampling import generate, pick_next
+
+
+def tiny(name, window=40):
+    torch.manual_seed(0)
+    if name == "cnn":
+        config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=window, dilation_cycle=3)
+    else:
+        config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window)
+    return build_model(config, vocab_size=11).eval()
+
+
+@pytest.mark.parametrize("name", ["cnn", "gpt"])
+def test_cached_greedy_generation_equals_full_recomputation(name):
+    model = tiny(name)
+    runner = TorchRunner(model)
+    prompt = np.random.default_rng(0).integers(11, size=(2, 3))
+    steps = model.block_size - 3  # up to a full window: where cached and recomputed must agree exactly
+    cached = np.stack(list(generate(runner, prompt, steps, temperature=0)), axis=1)
+    full = np.stack(list(generate(runner, prompt, steps, temperature=0, use_cache=False)), axis=1)
+    assert np.array_equal(cached, full)
+
+    ids = torch.as_tensor(np.concatenate([prompt, cached], axis=1))  # (2, 40)
+    with torch.no_grad():
+        reference = model(ids)  # (2, 40, V)
+        logits, cache = model.forward_cached(ids[:, :3], None)
+        stepwise = [logits]
+        for t in range(3, ids.shape[1]):
+            logits, cache = model.forward_cached(ids[:, t : t + 1], cache)
+            stepwise.append(logits)
+    torch.testing.assert_close(torch.cat(stepwise, dim=1), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["cnn", "gpt"])
+def test_generation_slides_past_the_window(name):
+    runner = TorchRunner(tiny(name, window=16))
+    prompt = np.zeros((1, 20), dtype=np.int64)  # already longer than the window
+    for use_cache in (True, False):
+        out = list(generate(runner, prompt, 50, rng=np.random.default_rng(0), use_cache=use_cache))
+        assert len(out) == 50 and all(0 <= int(t[0]) < 11 for t in out)
+
+
+def test_greedy_picks_the_largest_logit():
+    logits = np.array([[0.1, 3.0, -1.0], [2.0, 0.0, 1.9]])
+    assert pick_next(logits, temperature=0).tolist() == [1, 0]
+
+
+def test_sampling_follows_the_distribution_and_the_seed():
+    logits = np.log(np.array([[0.7, 0.2, 0.1]]))
+    draws = np.array([pick_next(logits, rng=np.random.default_rng(i))[0] for i in range(4000)])
+    assert np.allclose(np.bincount(draws, minlength=3) / 4000, [0.7, 0.2, 0.1], atol=0.03)
+    a = [pick_next(logits, rng=np.random.default_rng(5))[0] for _ in range(3)]
+    assert a == [pick_next(logits, rng=np.random.default_rng(5))[0] for _ in range(3)]
+
+
+def test_top_k_and_top_p_cut_the_tail():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 2))
+    rng = np.random.default_rng(0)
+    top_k = {int(pick_next(logits, top_k=2, rng=rng)[0]) for _ in range(500)}
+    assert top_k == {0, 1}
+    top_p = {int(t) for _ in range(500) for t in pick_next(logits, top_p=0.75, rng=rng)}
+    assert top_p == {0, 1}  # 0.5 + 0.3 reaches 0.75: the rest is dropped
+    assert {int(pick_next(logits, top_p=0.1, rng=rng)[0]) for _ in range(100)} == {0}  # the top one always stays
