@@ -53,6 +53,7 @@ class LoadedModel:
     vocab: Vocabulary
     model_config: dict
     path: Path
+    quantization: dict | None = None  # set for int8 checkpoints from charlm.quantize
 
 
 def model_state(state_dict: dict) -> dict:
@@ -67,19 +68,25 @@ def model_state(state_dict: dict) -> dict:
 def load_model(path: str | Path) -> LoadedModel:
     """Build the model a checkpoint, run folder or .npz export describes and load its weights, in eval mode."""
     file = find_checkpoint(path)
+    quantization = None
     if file.suffix == ".npz":
         meta, arrays = read_export(file)
         model_config, vocab_chars = meta["model"], meta["vocab"]
         state = {name: torch.from_numpy(array) for name, array in arrays.items()}
     else:
         checkpoint = read_checkpoint(file)
-        model_config, vocab_chars = checkpoint["hyper_parameters"]["model"], checkpoint["hyper_parameters"]["vocab"]
+        hparams = checkpoint["hyper_parameters"]
+        model_config, vocab_chars, quantization = hparams["model"], hparams["vocab"], hparams.get("quantization")
         state = model_state(checkpoint["state_dict"])
     vocab = Vocabulary(vocab_chars)
     model = build_model(model_config, vocab_size=len(vocab))
+    if quantization is not None:
+        from charlm.quantize import quantize_model
+
+        quantize_model(model, quantization["quantize_head"])
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
         raise CharLMError(f"weights in {file} do not match its model config ({detail})") from None
-    return LoadedModel(model.eval(), vocab, dict(model_config), file)
+    return LoadedModel(model.eval(), vocab, dict(model_config), file, quantization)

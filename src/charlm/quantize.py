@@ -1,0 +1,171 @@
+"""Weight-only int8 quantization, and a report of what it costs in quality and buys in size.
+
+    python -m charlm.quantize CHECKPOINT_OR_RUN [--out FILE] [--quantize-head] [--data PATH]
+
+Linear and convolution weights become int8 with one symmetric scale per output channel
+(absmax / 127); embeddings, norms, biases and (unless --quantize-head) the output head stay float32.
+Weights are dequantized on the fly, so the model computes in float32 as before. The command writes
+the quantized model (sample.py ckpt=FILE samples from it) and prints a before/after table: file
+size, parameter memory, validation loss and bits per character, and generation speed.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.errors import CharLMError
+
+SCHEME = "int8-weight-only-per-channel"
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 values and one float scale per output channel (dim 0): weight ~ values * scale."""
+    absmax = weight.detach().abs().flatten(1).amax(dim=1).clamp(min=1e-12)
+    scale = absmax / 127.0
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    values = torch.round(weight.detach() / scale.view(shape)).clamp(-127, 127).to(torch.int8)
+    return values, scale.float()
+
+
+class Int8Weight(nn.Module):
+    """Shared part of the quantized layers: int8 weight, per-channel scale, float bias."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        values, scale = quantize_weight(layer.weight)
+        self.register_buffer("qweight", values)
+        self.register_buffer("scale", scale)
+        self.bias = layer.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float weight, in the original layer's shape."""
+        shape = (-1,) + (1,) * (self.qweight.dim() - 1)
+        return self.qweight.float() * self.scale.view(shape)
+
+
+class Int8Linear(Int8Weight):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Int8Conv1d(Int8Weight):
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__(conv)
+        self.dilation, self.padding, self.stride = conv.dilation, conv.padding, conv.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+def quantize_model(model: nn.Module, quantize_head: bool = False) -> nn.Module:
+    """Swap every Linear and Conv1d (the head only if asked, and never when it is tied) in place."""
+    head = getattr(model, "head", None)
+    tied = head is not None and head.weight is getattr(model, "tok_emb", nn.Embedding(1, 1)).weight
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child is head and (tied or not quantize_head):
+                continue
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child))
+            elif isinstance(child, nn.Conv1d):
+                setattr(parent, name, Int8Conv1d(child))
+    return model
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if t.dtype != torch.bool}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab: str, quantize_head: bool) -> None:
+    """A checkpoint that load_model() reads: hyper_parameters say how to rebuild the quantized model."""
+    checkpoint = {
+        "hyper_parameters": {"model": model_config, "vocab": vocab,
+                             "quantization": {"scheme": SCHEME, "quantize_head": quantize_head}},
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+    }
+    temp = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, temp)
+    os.replace(temp, path)
+
+
+def validation_loss(model: nn.Module, vocab, data_path: str | None, batch_size: int = 64) -> float:
+    """Mean next-character loss over the whole validation split (the last 10% of the text)."""
+    from charlm.data import read_text, split_text, validation_blocks
+
+    _, val_text = split_text(read_text(data_path), 0.9)
+    inputs, targets = validation_blocks(torch.tensor(vocab.encode(val_text)), model.block_size)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+            logits = model(x)
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    return total / count
+
+
+def generation_speed(model: nn.Module, tokens: int = 300) -> float:
+    from charlm.models.runner import TorchRunner
+    from charlm.sampling import generate
+
+    runner = TorchRunner(model)
+    prompt = np.zeros((1, 1), dtype=np.int64)
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in generate(runner, prompt, tokens, rng=np.random.default_rng(0)):
+            pass
+        rates.append(tokens / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def main(argv: list[str]) -> None:
+    from charlm.checkpoint import find_checkpoint, load_model
+    from charlm.export import export
+
+    parser = argparse.ArgumentParser(prog="python -m charlm.quantize", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a .ckpt file or a run folder (its best checkpoint)")
+    parser.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, .int8.pt)")
+    parser.add_argument("--quantize-head", action="store_true", help="quantize the output projection too")
+    parser.add_argument("--data", default=None, help="text for the validation loss (default: Tiny Shakespeare)")
+    args = parser.parse_args(argv)
+
+    source = find_checkpoint(args.checkpoint)
+    out = args.out or source.with_suffix(".int8.pt")
+    if not out.parent.is_dir():
+        raise CharLMError(f"output folder does not exist: {out.parent}")
+    original = load_model(source)
+    if original.quantization is not None:
+        raise CharLMError(f"{source} is already quantized")
+    float_file = export(source, "npz", source.with_suffix(".float32.npz"))  # float weights alone: a fair size
+    quantized = quantize_model(load_model(source).model, args.quantize_head)
+    save_quantized(out, quantized, original.model_config, original.vocab.chars, args.quantize_head)
+    reloaded = load_model(out).model  # measure what sampling will load
+
+    rows = []
+    for name, model, file in [("float32", original.model, float_file), ("int8", reloaded, out)]:
+        loss = validation_loss(model, original.vocab, args.data)
+        rows.append((name, file.stat().st_size / 1e6, parameter_bytes(model) / 1e6, loss, loss / math.log(2),
+                     generation_speed(model)))
+    print(f"{source}: checkpoint file {source.stat().st_size / 1e6:.2f} MB (with optimizer state)")
+    print("| weights | file MB | parameter MB | val loss | val bpc | generation chars/s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, size, memory, loss, bpc, speed in rows:
+        print(f"| {name} | {size:.2f} | {memory:.2f} | {loss:.4f} | {bpc:.4f} | {speed:,.0f} |")
+    print(f"size {rows[0][1] / rows[1][1]:.2f}x smaller, val loss {rows[1][3] - rows[0][3]:+.4f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    from charlm.cli import run_cli
+
+    run_cli(main, sys.argv[1:])

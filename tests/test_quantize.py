@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+
+from charlm.checkpoint import load_model
+from charlm.models import build_model
+from charlm.models.runner import TorchRunner
+from charlm.quantize import Int8Conv1d, Int8Linear, quantize_model, quantize_weight
+from charlm.sampling import generate
+
+
+def test_per_channel_rounding_error_is_at_most_half_a_step():
+    weight = torch.randn(48, 16, 3) * torch.linspace(0.01, 5, 48)[:, None, None]  # very different channels
+    values, scale = quantize_weight(weight)
+    assert values.dtype == torch.int8 and scale.shape == (48,)
+    assert torch.equal(values.flatten(1).abs().amax(1), torch.full((48,), 127, dtype=torch.int8))
+    error = (values.float() * scale[:, None, None] - weight).abs()
+    assert (error <= scale[:, None, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("name", ["gpt", "cnn"])
+def test_quantized_models_stay_close_and_keep_their_cache(name):
+    torch.manual_seed(0)
+    config = (dict(name="gpt", n_layer=2, n_head=2, n_embd=32, block_size=24) if name == "gpt" else
+              dict(name="cnn", num_layers=3, embedding_dim=32, hidden_dim=32, max_seq_len=24))
+    model = build_model(config, vocab_size=11).eval()
+    ids = torch.randint(11, (2, 24))
+    with torch.no_grad():
+        before = model(ids)
+        quantize_model(model)
+        after = model(ids)
+    kinds = {type(m) for m in model.modules()}
+    assert (Int8Linear if name == "gpt" else Int8Conv1d) in kinds
+    assert type(model.head) is torch.nn.Linear  # the head stays float by default
+    assert (after - before).abs().max() < 0.05 * before.abs().max()
+    runner = TorchRunner(model)  # the cached path works on int8 weights too
+    prompt = np.zeros((1, 2), dtype=np.int64)
+    cached = [int(t[0]) for t in generate(runner, prompt, 20, temperature=0)]
+    assert cached == [int(t[0]) for t in generate(runner, prompt, 20, temperature=0, use_cache=False)]
+
+
+def test_quantize_command_reports_and_writes_a_loadable_model(trained_run, tmp_path):
+    out = tmp_path / "tiny.int8.pt"
+    result = subprocess.run([sys.executable, "-m", "charlm.quantize", str(trained_run), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+            if line.startswith("| float32") or line.startswith("| int8")}
+    float_loss, int8_loss = float(rows["float32"][2]), float(rows["int8"][2])
+    assert abs(int8_loss - float_loss) < 0.01
+    assert float(rows["int8"][1]) < float(rows["float32"][1])  # parameter memory shrinks
+    loaded = load_model(out)
+    assert loaded.quantization["scheme"] == "int8-weight-only-per-channel"
+    assert loaded.model.blocks[0].attn.qkv.qweight.dtype == torch.int8
+    sampled = run_script("sample.py", f"ckpt={out}", "num_tokens=30", "seed=0")
+    assert sampled.returncode == 0 and len(sampled.stdout) == 32
+
+    again = subprocess.run([sys.executable, "-m", "charlm.quantize", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "already quantized" in again.stderr
