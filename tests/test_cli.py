@@ -2,6 +2,7 @@
 
 import csv
 import re
+import shutil
 
 import pytest
 import torch
@@ -59,13 +60,16 @@ def test_greedy_batched_samples_are_identical(trained_run):
     assert len(samples) == 3 and len(set(samples)) == 1
 
 
-def test_resume_continues_from_the_last_step(trained_run, tmp_path):
-    result = run_script("train.py", *TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={trained_run}",
-                        f"hydra.run.dir={tmp_path / 'resumed'}")
+def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # leave the shared run untouched
+    result = run_script("train.py", *TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={run}",
+                        f"hydra.run.dir={tmp_path / 'resume-log'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 60
-    events = EventAccumulator(str(tmp_path / "resumed" / "tb"))
+    newest_events = sorted((run / "tb").glob("events.out.tfevents.*"))[-1]
+    events = EventAccumulator(str(newest_events))
     events.Reload()
     assert [e.step for e in events.Scalars("val/loss")] == [59]  # only the steps after 40 were trained
 

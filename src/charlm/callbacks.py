@@ -1,4 +1,8 @@
-"""Training callbacks of our own: a generated text sample in TensorBoard at every validation."""
+"""Training callbacks of our own: a text sample in TensorBoard at every validation, and Ctrl-C
+that saves before it stops."""
+
+import signal
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -28,3 +32,36 @@ class TextSampleCallback(L.Callback):
                 # Indented lines render as a code block in TensorBoard, which keeps line breaks.
                 markdown = "\n".join("    " + line for line in (self.prompt + self.last_sample).splitlines())
                 logger.experiment.add_text("sample", markdown, trainer.global_step)
+
+
+class GracefulInterrupt(L.Callback):
+    """The first Ctrl-C (SIGINT) finishes the current step, saves `last.ckpt` and stops training;
+    a second one interrupts at once. Single-process runs only: under DDP every process would have to
+    agree on the step, so Lightning's own handling applies there."""
+
+    def __init__(self):
+        self.requested = False
+        self.saved_at: int | None = None
+        self.previous_handler = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size == 1:
+            self.previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        print("\ninterrupt: finishing this step, saving a checkpoint, then stopping", flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.requested and self.saved_at is None:
+            callback = trainer.checkpoint_callback
+            folder = Path(callback.dirpath) if callback and callback.dirpath else Path(trainer.default_root_dir)
+            trainer.save_checkpoint(folder / "last.ckpt")
+            self.saved_at = trainer.global_step
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGINT, self.previous_handler)
+            self.previous_handler = None

@@ -3,9 +3,11 @@
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -36,3 +38,27 @@ def run_cli(task: Callable, *args, user_errors: tuple[type[Exception], ...] = ()
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
+
+
+def check_writable(folder: str) -> None:
+    """Create `folder` and write a probe file, or stop with one line saying why not."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        print(f"error: cannot write the output folder {path}: {err.strerror or err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class CheckOutputFolder(Callback):
+    """Hydra callback: fail with one line, before Hydra itself trips over it, when the run or sweep
+    folder cannot be written."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir)

@@ -59,24 +59,27 @@ class RandomBlockSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_offsets: int, batch_size: int, num_batches: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, start: int = 0):
         self.num_offsets = num_offsets
         self.batch_size = batch_size
         self.num_batches = num_batches
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.start = start  # first batch of the first pass: a resumed run skips what it already trained on
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
         self.epoch = epoch
 
     def __len__(self) -> int:
+        # The whole epoch, also when resuming: Lightning counts the restored batches against it.
         return self.num_batches
 
     def __iter__(self):
         generator = torch.Generator()
-        for i in range(self.num_batches):
+        first, self.start = self.start, 0
+        for i in range(first, self.num_batches):
             generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i) % 2**63)
             offsets = torch.randint(self.num_offsets, (self.batch_size * self.world_size,), generator=generator)
             yield offsets[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
@@ -163,17 +166,30 @@ class CharDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def batches_done(self) -> int:
+        """Batches of the current epoch already trained: nonzero when resuming from a checkpoint.
+        (Lightning restores the step count before it asks for the training loader.)"""
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches % self.num_batches if trainer else 0
+
     # The trainer runs with use_distributed_sampler=False: these loaders shard the data themselves.
     def train_dataloader(self) -> DataLoader:
         dataset = BlockDataset(self.train_ids, self.block_size)
-        sampler = RandomBlockSampler(len(dataset), self.batch_size, self.num_batches, self.seed, *self.process_slot())
+        sampler = RandomBlockSampler(len(dataset), self.batch_size, self.num_batches, self.seed,
+                                     *self.process_slot(), start=self.batches_done())
         # batch_size=None: the sampler already yields whole batches, fetched with one indexing op.
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=self.own_generator())
 
     def val_dataloader(self) -> DataLoader:
         inputs, targets = validation_blocks(self.val_ids, self.block_size)
         dataset = torch.utils.data.TensorDataset(inputs, targets)
         rank, world_size = self.process_slot()
         shard = range(rank, len(dataset), world_size)  # every block exactly once across processes
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=shard)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=shard, generator=self.own_generator())
+
+    def own_generator(self) -> torch.Generator:
+        """Every DataLoader iterator draws a seed; from its own generator it leaves the global random
+        state (dropout) alone, so a resumed run continues exactly where the interrupted one was."""
+        return torch.Generator().manual_seed(self.seed)

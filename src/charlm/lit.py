@@ -1,8 +1,10 @@
 """The one LightningModule: trains any model in `charlm.models` on next-character prediction."""
 
 import math
+import random
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +67,10 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = next_token_loss(self.model, batch)
+        if not torch.isfinite(loss):  # stop before a bad update reaches any checkpoint
+            last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+            raise CharLMError(f"training loss became {loss.item()} at step {self.trainer.global_step + 1}; "
+                              f"stopped. Last good checkpoint: {last or 'none yet'}. Try a lower lr.")
         # Log only on the steps the logger writes (every log_every_n_steps): a self.log call costs
         # about 1 ms, as much as a whole forward pass of the 0.2M model on CPU.
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -80,6 +86,25 @@ class LanguageModel(L.LightningModule):
         # Already the global mean; sync_dist only averages identical values (and keeps Lightning quiet).
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/bpc", loss / math.log(2), sync_dist=True)
+
+    # Random states travel with checkpoints, so a resumed run draws the same dropout masks.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Plain types and tensors only, so checkpoints still load with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            kind, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            random.setstate(states["python"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self):
         optimizer, scheduler = make_optimizer(self.model, self.optim, self.trainer.max_steps,

@@ -15,13 +15,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charlm.callbacks import TextSampleCallback
+from charlm.callbacks import GracefulInterrupt, TextSampleCallback
 from charlm.checkpoint import find_checkpoint, load_model, read_checkpoint
 from charlm.errors import CharLMError
 from charlm.lit import LanguageModel
-from charlm.models import count_parameters
+from charlm.models import count_parameters, full_config
 from charlm.models.runner import TorchRunner
 from charlm.sampling import sample_text
 
@@ -31,6 +31,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE)
 )
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# Our sampler does resume mid-epoch: it starts at the restored step (CharDataModule.batches_done).
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -88,25 +90,42 @@ def check_run_config(cfg: DictConfig) -> None:
         raise CharLMError("optimizer.warmup_steps must be >= 0 and optimizer.min_lr_ratio in [0, 1]")
 
 
+RUNS_DIR = Path("outputs/runs")
+
+
+def resume_file(ckpt_path: str) -> Path:
+    """`last` (the newest run's last.ckpt), a run folder (its last.ckpt) or a checkpoint file."""
+    if ckpt_path == "last":
+        runs = sorted(RUNS_DIR.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise CharLMError(f"ckpt_path=last: no run under {RUNS_DIR} has a checkpoints/last.ckpt")
+        return runs[-1]
+    path = Path(ckpt_path).expanduser()
+    last = path / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else find_checkpoint(path)
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/x.ckpt), if it is laid out so."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
 def resume_checkpoint(ckpt_path: str | None, module: LanguageModel) -> tuple[str | None, int]:
-    """Resolve `ckpt_path` (a file or a run folder), check it fits this model and vocabulary.
+    """Resolve `ckpt_path` and check the checkpoint fits this model and vocabulary.
 
     Returns the checkpoint file (None for a fresh run) and the step it was saved at.
     """
     if ckpt_path is None:
         return None, 0
-    path = Path(ckpt_path).expanduser()
-    last = path / "checkpoints" / "last.ckpt"
-    file = last if last.is_file() else find_checkpoint(path)
+    file = resume_file(ckpt_path)
     checkpoint = read_checkpoint(file)
     saved = checkpoint["hyper_parameters"]
     if saved["vocab"] != module.hparams.vocab:
         raise CharLMError(f"cannot resume from {file}: it was trained on a different vocabulary (other data)")
-    if dict(saved["model"]) != dict(module.hparams.model):
-        changed = sorted(k for k in saved["model"].keys() | module.hparams.model.keys()
-                         if saved["model"].get(k) != module.hparams.model.get(k))
-        here = module.hparams.model
-        diffs = ", ".join(f"{k}: {saved['model'].get(k)!r} there, {here.get(k)!r} here" for k in changed)
+    there, here = full_config(saved["model"]), full_config(module.hparams.model)
+    if there != here:
+        changed = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+        diffs = ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in changed)
         raise CharLMError(f"cannot resume from {file}: its model differs ({diffs})")
     return str(file), int(checkpoint.get("global_step", 0))
 
@@ -130,6 +149,11 @@ def train(cfg: DictConfig) -> float:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
     )
     ckpt_path, start_step = resume_checkpoint(cfg.ckpt_path, module)
+    if ckpt_path and run_folder_of(Path(ckpt_path)):
+        run_dir = run_folder_of(Path(ckpt_path)).resolve()  # carry on in the interrupted run's folder
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)
+        say(f"resuming {ckpt_path} at step {start_step}; checkpoints and TensorBoard stay in {run_dir}")
     if cfg.compile and compile_model(module.model, torch.zeros(2, cfg.block_size, dtype=torch.long)):
         say("compiled the model with torch.compile")
     n_params = count_parameters(module.model)
@@ -151,7 +175,13 @@ def train(cfg: DictConfig) -> float:
     seconds = time.perf_counter() - start_time
     if not trainer.is_global_zero:
         return math.inf
-    return report_run(cfg, trainer, run_dir, n_params, start_step, seconds)
+    best = report_run(cfg, trainer, run_dir, n_params, start_step, seconds)
+    interrupt = next((c for c in callbacks if isinstance(c, GracefulInterrupt)), None)
+    if interrupt and interrupt.saved_at is not None:
+        say(f"interrupted: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step {interrupt.saved_at}; "
+            f"resume with the same arguments plus ckpt_path={run_dir}", sys.stderr)
+        sys.exit(130)
+    return best
 
 
 def final_state(trainer: L.Trainer, run_dir: Path) -> tuple[int, float, str]:
@@ -176,7 +206,7 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, run_dir: Path, n_params: int
     tokens_per_step = trainer.accumulate_grad_batches * cfg.batch_size * cfg.block_size * trainer.world_size
     tokens = (step - start_step) * tokens_per_step
     summary = {
-        "name": cfg.name, "model": cfg.model.name, "parameters": n_params, "steps": step,
+        "name": cfg.name, "model": cfg.model.name, "seed": cfg.seed, "parameters": n_params, "steps": step,
         "tokens": step * tokens_per_step, "best_val_loss": best_loss, "best_val_bpc": best_loss / math.log(2),
         "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path,
         "status": "finished" if step >= cfg.max_steps else "stopped early",

@@ -1,5 +1,7 @@
 """Model families by name. Models are plain nn.Modules: they know nothing of Lightning or Hydra."""
 
+from dataclasses import asdict
+
 from torch import nn
 
 from charlm.errors import CharLMError
@@ -21,6 +23,18 @@ def build_model(config: dict, vocab_size: int) -> nn.Module:
         raise CharLMError(f"model {name}: {err}") from None
     except ValueError as err:
         raise CharLMError(f"model {name}: {err}") from None
+
+
+def full_config(config: dict) -> dict:
+    """A model config with every default filled in, so configs saved before an option existed
+    compare equal to today's when they mean the same model."""
+    options = {k: v for k, v in config.items() if k != "name"}
+    try:
+        full = asdict(MODELS[config.get("name")](vocab_size=1, **options).config)
+    except (KeyError, TypeError, ValueError):
+        return dict(config)
+    full.pop("vocab_size")
+    return {"name": config.get("name"), **full}
 
 
 def count_parameters(model: nn.Module) -> int:

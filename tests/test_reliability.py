@@ -1,0 +1,164 @@
+"""Crash safety, resume, interrupts, non-finite losses, determinism: through the real command line."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# Dropout on, so resuming must restore random states too; a fixed decay horizon, so a run may stop
+# (max_steps) earlier than another without changing the learning-rate schedule.
+STEADY = [*TINY, "dropout=0.1", "optimizer.decay_steps=2000", "trainer.log_every_n_steps=1", "eval_interval=50"]
+
+
+def step_losses(run_dir: Path, newest_file_only: bool = False) -> dict[int, float]:
+    files = sorted((run_dir / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(files[-1] if newest_file_only else run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("train/loss")}
+
+
+def saved_step(checkpoint: Path) -> int:
+    try:
+        return torch.load(checkpoint, weights_only=True)["global_step"]
+    except Exception:  # not written yet
+        return -1
+
+
+def start_training(run_dir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *STEADY, f"hydra.run.dir={run_dir}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path, step: int, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "training ended before it could be interrupted"
+        if (found := saved_step(checkpoint)) >= step:
+            return found
+        time.sleep(0.02)
+    raise TimeoutError
+
+
+def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    reference = run_script("train.py", *STEADY, "max_steps=150", f"hydra.run.dir={tmp_path / 'whole'}")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    crashed = tmp_path / "crashed"
+    process = start_training(crashed, "max_steps=2000")
+    wait_for_checkpoint(process, crashed / "checkpoints" / "last.ckpt", 50)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed_from = saved_step(crashed / "checkpoints" / "last.ckpt")
+    assert 50 <= resumed_from < 150
+
+    resumed = run_script("train.py", *STEADY, "max_steps=150", f"ckpt_path={crashed}",
+                         f"hydra.run.dir={tmp_path / 'resume-log'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at step {resumed_from}" in resumed.stdout
+    whole, after = step_losses(tmp_path / "whole"), step_losses(crashed, newest_file_only=True)
+    assert sorted(after) == list(range(resumed_from, 150))  # logged at step index: steps resumed_from+1 .. 150
+    for step, loss in after.items():
+        assert loss == pytest.approx(whole[step], abs=1e-6), f"step {step + 1}"
+    assert saved_step(crashed / "checkpoints" / "last.ckpt") == 150  # in the same run folder
+
+
+WRITER = """
+import sys, torch
+from charlm.training import AtomicCheckpointIO
+io, path, i = AtomicCheckpointIO(), sys.argv[1], 0
+while True:
+    i += 1
+    io.save_checkpoint({"version": i, "weights": torch.full((15_000_000,), float(i))}, path)
+    print(i, flush=True)
+"""
+
+
+def test_killing_a_checkpoint_write_never_corrupts_the_file(tmp_path):
+    target = tmp_path / "last.ckpt"
+    for delay in (0.05, 0.13, 0.31):
+        process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+        process.stdout.readline()  # one complete save
+        time.sleep(delay)  # then die somewhere inside a later one
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        checkpoint = torch.load(target, weights_only=True)
+        assert torch.equal(checkpoint["weights"], torch.full((15_000_000,), float(checkpoint["version"])))
+    for leftover in tmp_path.glob(".*.tmp"):  # temp files of killed writes never replace the target
+        leftover.unlink()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_training(run_dir, "max_steps=100000", "eval_interval=50")
+    wait_for_checkpoint(process, run_dir / "checkpoints" / "last.ckpt", 50)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted: saved" in stderr and f"ckpt_path={run_dir}" in stderr
+    stopped_at = saved_step(run_dir / "checkpoints" / "last.ckpt")
+    assert 50 <= stopped_at < 100000
+    assert (run_dir / "summary.json").is_file()
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    result = run_script("train.py", *TINY, "lr=1000", "optimizer.warmup_steps=0", "trainer.gradient_clip_val=0",
+                        "eval_interval=1", "max_steps=50", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    found = re.search(r"error: training loss became (nan|inf) at step (\d+); stopped\. Last good checkpoint: (\S+)\.",
+                      result.stderr)
+    assert found, result.stderr[-2000:]
+    bad_step, last_good = int(found[2]), Path(found[3])
+    assert last_good == tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last_good, weights_only=True)
+    assert 1 <= checkpoint["global_step"] < bad_step  # saved before the loss went bad
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
+
+
+def test_same_seed_gives_identical_losses(tmp_path):
+    runs = {}
+    for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
+        result = run_script("train.py", *STEADY, f"seed={seed}", "max_steps=30", f"hydra.run.dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = step_losses(tmp_path / name)
+    assert len(runs["a"]) == 30 and runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+ENTRY_POINTS = {
+    "train: unwritable output folder": (["train.py", "hydra.run.dir={file}/run"], r"cannot write the output folder"),
+    "train: misspelled group option": (["train.py", "model=gtp"], r"Could not find 'model/gtp'"),
+    "train: resume on other text": (["train.py", *TINY, "data.path={text}", "ckpt_path={run}"],
+                                    r"different vocabulary"),
+    "sample: directory as checkpoint": (["sample.py", "ckpt={tmp}"], r"no checkpoint \(best\*.ckpt or last.ckpt\)"),
+    "sample: numpy backend on a .ckpt": (["sample.py", "backend=numpy", "ckpt={run}"], r"runs a portable export"),
+    "export: not a checkpoint": (["-m", "charlm.export", "{file}"], r"not a readable checkpoint"),
+    "quantize: missing checkpoint": (["-m", "charlm.quantize", "{tmp}/none.ckpt"], r"checkpoint not found"),
+    "report: no runs": (["-m", "charlm.report", "{tmp}"], r"no runs \(folders with .hydra/config.yaml\)"),
+    "bench: bad number": (["-m", "charlm.bench", "training", "--steps", "0"], r"must be positive"),
+}
+
+
+@pytest.mark.parametrize("case", ENTRY_POINTS, ids=list(ENTRY_POINTS))
+def test_every_entry_point_rejects_bad_input_in_one_line(case, trained_run, tmp_path):
+    args, message = ENTRY_POINTS[case]
+    (tmp_path / "file.txt").write_text("just some text, not a checkpoint")
+    (tmp_path / "other.txt").write_text("ZZZZ yyyy 0123456789 ~~~~ " * 400)
+    fill = {"file": tmp_path / "file.txt", "text": tmp_path / "other.txt", "run": trained_run, "tmp": tmp_path}
+    args = [a.format(**fill) for a in args]
+    if args[0].endswith(".py"):
+        args = [str(ROOT / args[0]), *args[1:]]
+    before = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == before  # nothing damaged
