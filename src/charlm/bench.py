@@ -225,19 +225,28 @@ def time_generation(runner, batch: int, tokens: int, use_cache: bool, repeats: i
     return statistics.median(rates)
 
 
-def bench_generation(presets: list[str], tokens: int, batches: list[int], repeats: int) -> list[dict]:
+def bench_generation(presets: list[str], tokens: int, batches: list[int], repeats: int,
+                     numpy_too: bool = False) -> list[dict]:
+    """Torch, and with numpy_too the NumPy engine on the same weights (GPT presets only)."""
+    from charlm.numpy_gpt import NumpyGPT
+
     rows = []
     for name in presets:
         model = preset_model(name).eval()
-        runner = TorchRunner(model)
-        for batch in batches:
-            full = time_generation(runner, batch, tokens, use_cache=False, repeats=repeats)
-            cached = time_generation(runner, batch, tokens, use_cache=True, repeats=repeats)
-            rows.append({
-                "preset": name, "parameters": count_parameters(model), "batch": batch, "new_tokens": tokens,
-                "recompute_tokens_per_s": full, "cached_tokens_per_s": cached, "speedup": cached / full,
-            })
-            print_row(rows[-1])
+        runners = [("torch", TorchRunner(model))]
+        if numpy_too and name.startswith("gpt"):
+            weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+            runners.append(("numpy", NumpyGPT(dict(model.config.__dict__), weights)))
+        for backend, runner in runners:
+            for batch in batches:
+                full = time_generation(runner, batch, tokens, use_cache=False, repeats=repeats)
+                cached = time_generation(runner, batch, tokens, use_cache=True, repeats=repeats)
+                rows.append({
+                    "preset": name, "backend": backend, "parameters": count_parameters(model), "batch": batch,
+                    "new_tokens": tokens, "recompute_tokens_per_s": full, "cached_tokens_per_s": cached,
+                    "speedup": cached / full,
+                })
+                print_row(rows[-1])
     return rows
 
 
@@ -300,6 +309,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--tokens", type=int, default=500, help="generation: new characters per sample")
     parser.add_argument("--batch", type=positive_ints, default=[1, 8], help="generation: batch sizes, e.g. 1,8")
     parser.add_argument("--repeats", type=int, default=3, help="generation: runs per measurement")
+    parser.add_argument("--numpy", action="store_true", help="generation: also time the NumPy engine (GPT presets)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
@@ -313,7 +323,8 @@ def main(argv: list[str]) -> None:
     if args.kind == "training":
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
     else:
-        rows = bench_generation([p for p in args.presets.split(",") if p], args.tokens, args.batch, args.repeats)
+        rows = bench_generation([p for p in args.presets.split(",") if p], args.tokens, args.batch, args.repeats,
+                                args.numpy)
     save(rows, args.kind, args.out, command)
 
 
