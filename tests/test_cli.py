@@ -1,6 +1,7 @@
 """The user's path through the real command line: train, look in TensorBoard, sample, resume, mistakes."""
 
 import csv
+import json
 import re
 import shutil
 
@@ -208,3 +209,37 @@ def test_optuna_search_gets_each_trials_best_val_loss(tmp_path):
     rows = report_rows(tmp_path)
     assert len(rows) == 2 and {"lr", "n_embd"} <= best["best_params"].keys()
     assert best["best_value"] == pytest.approx(min(float(row["best_val_loss"]) for row in rows), abs=1e-6)
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_vocabulary(trained_run, tmp_path):
+    corpus = tmp_path / "sonnet.txt"
+    corpus.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 60)
+    result = run_script("train.py", *TINY, f"init_from={trained_run}", f"data.path={corpus}", "lr=1e-9",
+                        "optimizer.warmup_steps=0", "max_steps=10", "eval_interval=10",
+                        f"hydra.run.dir={tmp_path / 'ft'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fine-tuning" in result.stdout
+    tuned = torch.load(tmp_path / "ft" / "checkpoints" / "last.ckpt", weights_only=True)
+    source = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert tuned["hyper_parameters"]["vocab"] == source["hyper_parameters"]["vocab"]  # 65 characters, not the sonnet's
+    for key, value in source["state_dict"].items():  # lr 1e-9: the weights are still the checkpoint's
+        torch.testing.assert_close(tuned["state_dict"][key], value, atol=1e-5, rtol=0)
+
+
+def test_fine_tuning_on_text_with_unknown_characters_lists_them(trained_run, tmp_path):
+    corpus = tmp_path / "prices.txt"
+    corpus.write_text("The price is 5€ {approx} and ~~ more.\n" * 100)
+    result = run_script("train.py", *TINY, f"init_from={trained_run}", f"data.path={corpus}",
+                        f"hydra.run.dir={tmp_path / 'ft'}")
+    assert result.returncode == 2
+    assert f"{corpus} has characters the model's vocabulary lacks: '5', '{{', '}}', '~', '€'" in result.stderr
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
+    result = run_script("train.py", *TINY, "lr=1e-12", "max_steps=200", "eval_interval=5",
+                        "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=0.001",
+                        f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped early" and summary["steps"] == 15  # checks at 5, 10, 15: no gain after 5
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

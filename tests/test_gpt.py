@@ -10,7 +10,8 @@ def tiny_gpt(**overrides):
     return build_model(config, vocab_size=11).eval()
 
 
-@pytest.mark.parametrize("options", [{}, {"activation": "gelu", "tie_weights": True, "bias": False}])
+@pytest.mark.parametrize("options", [{}, {"activation": "gelu", "tie_weights": True, "bias": False},
+                                     {"norm": "post"}, {"pos_encoding": "sinusoidal"}])
 def test_future_tokens_never_change_past_logits(options):
     torch.manual_seed(0)
     model = tiny_gpt(**options)

@@ -24,6 +24,7 @@ CONFIGS = {
     "gelu, tied, no bias": dict(activation="gelu", tie_weights=True, bias=False),
     "sinusoidal positions": dict(pos_encoding="sinusoidal"),
     "xavier init": dict(init="xavier"),
+    "post-LayerNorm": dict(norm="post"),
 }
 
 

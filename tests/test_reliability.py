@@ -112,13 +112,13 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     result = run_script("train.py", *TINY, "lr=1000", "optimizer.warmup_steps=0", "trainer.gradient_clip_val=0",
                         "eval_interval=1", "max_steps=50", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    found = re.search(r"error: training loss became (nan|inf) at step (\d+); stopped\. Last good checkpoint: (\S+)\.",
-                      result.stderr)
+    found = re.search(r"error: (?:training|validation) loss became (nan|inf) at step (\d+); stopped\. "
+                      r"Last good checkpoint: (\S+)\.", result.stderr)
     assert found, result.stderr[-2000:]
     bad_step, last_good = int(found[2]), Path(found[3])
     assert last_good == tmp_path / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last_good, weights_only=True)
-    assert 1 <= checkpoint["global_step"] < bad_step  # saved before the loss went bad
+    assert checkpoint["global_step"] == bad_step - 1  # validated after every step: the step just before
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
 
 

@@ -128,7 +128,7 @@ def lightning_steps(cfg, steps: int) -> list[float]:
     module = LanguageModel(OmegaConf.to_container(cfg.model, resolve=True), datamodule.vocab.chars,
                            OmegaConf.to_container(cfg.optimizer, resolve=True))
     timer = StepTimer()
-    skip = {"checkpoint", "text_sample"}
+    skip = {"checkpoint", "text_sample", "early_stopping"}  # no validation in these timings
     callbacks = [instantiate(c) for k, c in cfg.callbacks.items() if k not in skip] + [timer.callback]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, max_steps=steps, limit_val_batches=0,

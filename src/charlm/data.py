@@ -147,6 +147,9 @@ class CharDataModule(L.LightningDataModule):
             return
         text = read_text(self.path)
         self.vocab = Vocabulary(self.fixed_vocab) if self.fixed_vocab else Vocabulary.from_text(text)
+        if missing := self.vocab.unknown(text):
+            raise CharLMError(f"{resolve_path(self.path)} has characters the model's vocabulary lacks: "
+                              + ", ".join(repr(ch) for ch in missing))
         train_text, val_text = split_text(text, self.train_fraction)
         need = self.block_size + 1
         if len(train_text) < need or len(val_text) < need:

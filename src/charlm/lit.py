@@ -2,6 +2,7 @@
 
 import math
 import random
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -68,9 +69,7 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = next_token_loss(self.model, batch)
         if not torch.isfinite(loss):  # stop before a bad update reaches any checkpoint
-            last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
-            raise CharLMError(f"training loss became {loss.item()} at step {self.trainer.global_step + 1}; "
-                              f"stopped. Last good checkpoint: {last or 'none yet'}. Try a lower lr.")
+            self.stop_non_finite("training", loss, self.trainer.global_step + 1)
         # Log only on the steps the logger writes (every log_every_n_steps): a self.log call costs
         # about 1 ms, as much as a whole forward pass of the 0.2M model on CPU.
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -83,9 +82,18 @@ class LanguageModel(L.LightningModule):
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
         self.val_loss.reset()
+        if not torch.isfinite(loss) and not self.trainer.sanity_checking:  # before checkpoints are saved
+            self.stop_non_finite("validation", loss, self.trainer.global_step)
         # Already the global mean; sync_dist only averages identical values (and keeps Lightning quiet).
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/bpc", loss / math.log(2), sync_dist=True)
+
+    def stop_non_finite(self, what: str, loss: torch.Tensor, step: int):
+        callback = self.trainer.checkpoint_callback
+        last = Path(callback.dirpath) / "last.ckpt" if callback and callback.dirpath else None
+        where = str(last) if last and last.is_file() else "none yet"
+        raise CharLMError(f"{what} loss became {loss.item()} at step {step}; stopped. "
+                          f"Last good checkpoint: {where}. Try a lower lr.")
 
     # Random states travel with checkpoints, so a resumed run draws the same dropout masks.
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -130,6 +130,22 @@ def resume_checkpoint(ckpt_path: str | None, module: LanguageModel) -> tuple[str
     return str(file), int(checkpoint.get("global_step", 0))
 
 
+def fine_tune_source(cfg: DictConfig):
+    """The checkpoint to fine-tune from, and the model config to train: the checkpoint's, with the
+    current dropout. Its vocabulary is kept, so text with other characters is rejected."""
+    if cfg.ckpt_path is not None:
+        raise CharLMError("give init_from (start a new run from trained weights) or ckpt_path (resume a run), not both")
+    init = load_model(cfg.init_from)
+    if init.quantization is not None:
+        raise CharLMError(f"cannot fine-tune a quantized checkpoint: {init.path}; use the float checkpoint")
+    config = dict(init.model_config)
+    if "dropout" in config:
+        config["dropout"] = cfg.dropout
+    say(f"fine-tuning {init.path}: its model ({config['name']}) and vocabulary ({len(init.vocab)} characters); "
+        "size knobs on the command line are ignored")
+    return init, config
+
+
 def train(cfg: DictConfig) -> float:
     """Train as configured; returns the best validation loss (what a sweeper minimises)."""
     check_run_config(cfg)
@@ -141,13 +157,17 @@ def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.run_dir)
 
-    datamodule = instantiate(cfg.data)
+    model_config, init = OmegaConf.to_container(cfg.model, resolve=True), None
+    if cfg.init_from is not None:
+        init, model_config = fine_tune_source(cfg)
+        datamodule = instantiate(cfg.data, vocab=init.vocab.chars, block_size=init.model.block_size)
+    else:
+        datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read and check the text now, so bad data fails before anything else
-    module = LanguageModel(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        vocab=datamodule.vocab.chars,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-    )
+    module = LanguageModel(model=model_config, vocab=datamodule.vocab.chars,
+                           optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
+    if init is not None:
+        module.model.load_state_dict(init.model.state_dict())
     ckpt_path, start_step = resume_checkpoint(cfg.ckpt_path, module)
     if ckpt_path and run_folder_of(Path(ckpt_path)):
         run_dir = run_folder_of(Path(ckpt_path)).resolve()  # carry on in the interrupted run's folder
@@ -193,7 +213,8 @@ def final_state(trainer: L.Trainer, run_dir: Path) -> tuple[int, float, str]:
         score = callback.best_model_score if callback else None
         return trainer.global_step, float(score) if score is not None else math.nan, ""
     checkpoint = read_checkpoint(last)
-    state = next((v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")), {})
+    state = next((v for k, v in checkpoint.get("callbacks", {}).items()
+                  if k.startswith("ModelCheckpoint") and "'monitor': 'val/loss'" in k), {})
     score = state.get("best_model_score")
     return int(checkpoint["global_step"]), float(score) if score is not None else math.nan, state.get(
         "best_model_path", "")

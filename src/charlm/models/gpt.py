@@ -29,13 +29,14 @@ class GPTConfig:
     tie_weights: bool = False  # share the token embedding with the output projection
     pos_encoding: str = "learned"  # "learned" table or fixed "sinusoidal" encoding
     init: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections; "xavier": Glorot uniform
+    norm: str = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (the original transformer)
 
     def __post_init__(self):
         check_config(self, "GPT")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for name, allowed in [("activation", ACTIVATIONS), ("pos_encoding", ("learned", "sinusoidal")),
-                              ("init", ("gpt2", "xavier"))]:
+                              ("init", ("gpt2", "xavier")), ("norm", ("pre", "post"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
 
@@ -105,16 +106,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Transformer block. Pre-LayerNorm: x + attn(ln(x)), then x + mlp(ln(x)).
+    Post-LayerNorm: ln(x + attn(x)), then ln(x + mlp(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        self.post_norm = config.norm == "post"
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0) -> torch.Tensor:
+        if self.post_norm:
+            x = self.ln_1(x + self.attn(x, cache, layer))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 

@@ -1,4 +1,5 @@
-"""A pre-LayerNorm decoder block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+"""A decoder block. Pre-LayerNorm: x + attention(norm(x)), then x + feed-forward(norm(x)).
+Post-LayerNorm: norm(x + attention(x)), then norm(x + feed-forward(x))."""
 
 import numpy as np
 
@@ -8,7 +9,9 @@ from charlm.numpy_gpt.layernorm import LayerNorm
 
 
 class DecoderBlock:
-    def __init__(self, weights: dict, prefix: str, n_head: int, activation: str, dropout_p: float = 0.0):
+    def __init__(self, weights: dict, prefix: str, n_head: int, activation: str, dropout_p: float = 0.0,
+                 norm: str = "pre"):
+        self.post_norm = norm == "post"
         self.ln_1 = LayerNorm(weights[f"{prefix}.ln_1.weight"], weights.get(f"{prefix}.ln_1.bias"))
         self.attn = MultiHeadAttention(weights, f"{prefix}.attn", n_head, dropout_p)
         self.ln_2 = LayerNorm(weights[f"{prefix}.ln_2.weight"], weights.get(f"{prefix}.ln_2.bias"))
@@ -16,5 +19,8 @@ class DecoderBlock:
 
     def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,
                  rng: np.random.Generator | None = None) -> np.ndarray:
+        if self.post_norm:
+            x = self.ln_1(x + self.attn(x, cache, layer, rng))
+            return self.ln_2(x + self.mlp(x, rng))
         x = x + self.attn(self.ln_1(x), cache, layer, rng)
         return x + self.mlp(self.ln_2(x), rng)

@@ -29,7 +29,8 @@ class NumpyGPT:
         else:
             self.positions = PositionalEncoding(sinusoidal_encoding(self.block_size, self.n_embd))
         activation = config.get("activation", "gelu")
-        self.blocks = [DecoderBlock(weights, f"blocks.{i}", self.n_head, activation, self.dropout_p)
+        norm = config.get("norm", "pre")
+        self.blocks = [DecoderBlock(weights, f"blocks.{i}", self.n_head, activation, self.dropout_p, norm)
                        for i in range(self.n_layer)]
         self.ln_f = LayerNorm(weights["ln_f.weight"], weights.get("ln_f.bias"))
         self.head_w = self.tok_emb if config.get("tie_weights") else weights["head.weight"]  # (V, C)
