@@ -14,6 +14,16 @@ from charlm.export_format import read_export
 from charlm.models import build_model
 from charlm.vocab import Vocabulary
 
+RUNS_DIR = Path("outputs/runs")
+
+
+def newest_run(holding: str = "checkpoints") -> Path:
+    """The most recently changed run folder under outputs/runs that holds `holding`."""
+    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / holding).exists()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise CharLMError(f"no run under {RUNS_DIR} has {holding}; train one with `python train.py` or name it")
+    return runs[-1]
+
 
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm.atomic import atomic_write
 from charlm.errors import CharLMError
 
 FORMAT = "charlm-npz"
@@ -15,10 +16,8 @@ VERSION = 1
 
 def write_export(path: Path, model_config: dict, vocab: str, arrays: dict[str, np.ndarray]) -> None:
     meta = {"format": FORMAT, "version": VERSION, "model": model_config, "vocab": vocab}
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as file:  # np.savez would append .npz to a name without it
-        np.savez(file, __meta__=np.array(json.dumps(meta)), **arrays)
-    temp.replace(path)
+    # Through an open file: np.savez would append .npz to a name without it.
+    atomic_write(path, lambda file: np.savez(file, __meta__=np.array(json.dumps(meta)), **arrays))
 
 
 def read_export(path) -> tuple[dict, dict[str, np.ndarray]]:

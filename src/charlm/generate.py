@@ -4,7 +4,6 @@ The NumPy backend never imports torch.
 """
 
 import sys
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
@@ -12,15 +11,7 @@ from omegaconf import DictConfig
 from charlm.errors import CharLMError
 from charlm.sampling import generate
 
-RUNS_DIR = Path("outputs/runs")
 BACKENDS = ("torch", "numpy")
-
-
-def newest_run() -> Path:
-    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "checkpoints").is_dir()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise CharLMError(f"no trained run under {RUNS_DIR}; train one with `python train.py` or pass ckpt=...")
-    return runs[-1]
 
 
 def check_sample_config(cfg: DictConfig) -> None:
@@ -50,7 +41,7 @@ def open_model(cfg: DictConfig):
                               "--format npz`, then sample.py backend=numpy ckpt=FILE.npz")
         model, vocab = load_export(cfg.ckpt)
         return model, vocab, cfg.ckpt
-    from charlm.checkpoint import load_model
+    from charlm.checkpoint import load_model, newest_run
     from charlm.models.runner import TorchRunner
 
     loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run())

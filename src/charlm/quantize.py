@@ -11,7 +11,6 @@ size, parameter memory, validation loss and bits per character, and generation s
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlm.atomic import atomic_write
 from charlm.errors import CharLMError
 
 SCHEME = "int8-weight-only-per-channel"
@@ -93,9 +93,7 @@ def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab: str,
                              "quantization": {"scheme": SCHEME, "quantize_head": quantize_head}},
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
     }
-    temp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, temp)
-    os.replace(temp, path)
+    atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
 def validation_loss(model: nn.Module, vocab, data_path: str | None, batch_size: int = 64) -> float:

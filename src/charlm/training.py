@@ -3,7 +3,6 @@
 import json
 import logging
 import math
-import os
 import sys
 import time
 import warnings
@@ -17,8 +16,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from charlm.atomic import atomic_write
 from charlm.callbacks import GracefulInterrupt, TextSampleCallback
-from charlm.checkpoint import find_checkpoint, load_model, read_checkpoint
+from charlm.checkpoint import find_checkpoint, load_model, newest_run, read_checkpoint
 from charlm.errors import CharLMError
 from charlm.lit import LanguageModel
 from charlm.models import count_parameters, full_config
@@ -39,17 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temp file beside the target, fsync, then rename: a crash never leaves half a file."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(temp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), lambda file: torch.save(checkpoint, file))
 
 
 def compile_model(model: torch.nn.Module, example: torch.Tensor) -> bool:
@@ -90,17 +81,9 @@ def check_run_config(cfg: DictConfig) -> None:
         raise CharLMError("optimizer.warmup_steps must be >= 0 and optimizer.min_lr_ratio in [0, 1]")
 
 
-RUNS_DIR = Path("outputs/runs")
-
-
 def resume_file(ckpt_path: str) -> Path:
     """`last` (the newest run's last.ckpt), a run folder (its last.ckpt) or a checkpoint file."""
-    if ckpt_path == "last":
-        runs = sorted(RUNS_DIR.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise CharLMError(f"ckpt_path=last: no run under {RUNS_DIR} has a checkpoints/last.ckpt")
-        return runs[-1]
-    path = Path(ckpt_path).expanduser()
+    path = newest_run("checkpoints/last.ckpt") if ckpt_path == "last" else Path(ckpt_path).expanduser()
     last = path / "checkpoints" / "last.ckpt"
     return last if last.is_file() else find_checkpoint(path)
 
