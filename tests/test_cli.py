@@ -243,3 +243,12 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "stopped early" and summary["steps"] == 15  # checks at 5, 10, 15: no gain after 5
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_max_time_ends_a_run_at_its_wall_clock_budget(tmp_path):
+    result = run_script("train.py", *TINY, "max_time=00:00:00:03", "max_steps=1000000", "eval_interval=100",
+                        f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped early" and 0 < summary["steps"] < 1_000_000
+    assert summary["wall_time_s"] < 60

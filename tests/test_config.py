@@ -12,8 +12,10 @@ def preset_model(compose_config, *overrides):
 @pytest.mark.parametrize(
     ("preset", "expected", "published"),
     [
-        ("gpt_0.2m", 209_729, 209_729),
+        ("gpt_0.2m", 211_025, 209_729),  # 2 layers x 90: the tuned shape
+        ("gpt_0.2m_published", 209_729, 209_729),
         ("gpt_2.7m", 2_697_281, 2_697_281),
+        ("gpt_2.7m_published", 2_697_281, 2_697_281),
         ("gpt_10.7m", 10_745_088, 10_745_088),  # nanoGPT prints 10.65M: it leaves out position embeddings
         ("gpt_12l768", 85_102_080, None),
         ("cnn_0.2m", 209_217, 209_729),  # beside gpt_0.2m
@@ -32,9 +34,9 @@ def test_nanogpt_count_without_position_embeddings(compose_config):
     assert count_parameters(model) - model.pos_emb.weight.numel() == 10_646_784  # nanoGPT: "10.65M"
 
 
-def test_default_run_is_the_0_2m_preset(compose_config):
-    default, preset = (OmegaConf.to_container(compose_config(*o)) for o in ([], ["experiment=gpt_0.2m"]))
-    assert (default.pop("name"), preset.pop("name")) == ("${model.name}", "gpt_0.2m")
+def test_default_run_is_the_published_0_2m_preset(compose_config):
+    default, preset = (OmegaConf.to_container(compose_config(*o)) for o in ([], ["experiment=gpt_0.2m_published"]))
+    assert (default.pop("name"), preset.pop("name")) == ("${model.name}", "gpt_0.2m_published")
     assert default == preset
 
 
@@ -68,3 +70,14 @@ def test_cnn_presets_keep_the_gpt_budget(compose_config):
             assert gpt[key] == cnn[key], key
         _, model = preset_model(compose_config, f"experiment=cnn_{size}")
         assert model.receptive_field >= cnn.block_size
+
+
+@pytest.mark.parametrize("preset", ["gpt_0.2m", "gpt_2.7m"])
+def test_tuned_presets_keep_the_published_size_and_token_budget(compose_config, preset):
+    """Recipe changes are allowed; parameters within 2% and the same training tokens are not negotiable."""
+    (tuned, tuned_model), (published, published_model) = (
+        preset_model(compose_config, f"experiment={name}") for name in (preset, f"{preset}_published"))
+    tokens = [c.max_steps * c.batch_size * c.block_size for c in (tuned, published)]
+    assert tokens[0] == tokens[1] == 5000 * 16 * 32
+    sizes = [count_parameters(m) for m in (tuned_model, published_model)]
+    assert abs(sizes[0] - sizes[1]) / sizes[1] <= 0.02
