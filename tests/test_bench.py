@@ -23,3 +23,14 @@ def test_unknown_preset_is_one_clear_error(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "unknown preset 'gpt_9m'; presets: cnn_0.2m" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_training_benchmark_times_both_loops(tmp_path):
+    case = "gpt_0.2m n_layer=1 n_embd=16 n_head=2"
+    cmd = [sys.executable, "-m", "charlm.bench", "training", "--steps", "20", "--rounds", "1", "--case", case,
+           "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = json.loads((tmp_path / "training.json").read_text())["rows"]
+    assert row["case"] == case and row["tokens_per_step"] == 16 * 32
+    assert row["bare_ms_per_step"] > 0 and row["lightning_ms_per_step"] > 0 and 0 < row["mfu_lightning"] < 1

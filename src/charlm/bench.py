@@ -116,6 +116,16 @@ class StepTimer:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
 
 
+def maybe_compile(cfg, model: torch.nn.Module) -> None:
+    """compile=true in a case ("gpt_2.7m compile=true") compiles the model as a training run does."""
+    if cfg.compile:
+        from charlm.training import compile_model
+
+        example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long,
+                              device=next(model.parameters()).device)
+        compile_model(model, example)
+
+
 def lightning_steps(cfg, steps: int) -> list[float]:
     """Step times of the real Lightning loop: the run's own trainer, logger and callbacks
     (progress bar, LR monitor, model summary), without validation and checkpoints."""
@@ -127,8 +137,9 @@ def lightning_steps(cfg, steps: int) -> list[float]:
     datamodule.setup("fit")
     module = LanguageModel(OmegaConf.to_container(cfg.model, resolve=True), datamodule.vocab.chars,
                            OmegaConf.to_container(cfg.optimizer, resolve=True))
+    maybe_compile(cfg, module.model)
     timer = StepTimer()
-    skip = {"checkpoint", "text_sample", "early_stopping"}  # no validation in these timings
+    skip = {"checkpoint", "last_checkpoint", "text_sample", "early_stopping"}  # no validation in these timings
     callbacks = [instantiate(c) for k, c in cfg.callbacks.items() if k not in skip] + [timer.callback]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, max_steps=steps, limit_val_batches=0,
@@ -150,6 +161,7 @@ def bare_steps(cfg, steps: int) -> list[float]:
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=len(datamodule.vocab))
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     model.to(device).train()
+    maybe_compile(cfg, model)
     optimizer, scheduler = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True), cfg.max_steps,
                                           fused=device == "cuda")
     clip = cfg.trainer.gradient_clip_val
