@@ -1,5 +1,7 @@
 """Causal multi-head self-attention, with an optional key/value cache for generation."""
 
+import math
+
 import numpy as np
 
 from charlm.numpy_gpt.feedforward import dropout, linear
@@ -38,7 +40,7 @@ class MultiHeadAttention:
             cache.keys[layer, :, :, start : start + T] = k
             cache.values[layer, :, :, start : start + T] = v
             k, v = cache.keys[layer, :, :, : start + T], cache.values[layer, :, :, : start + T]
-        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D)  # (B, H, T, start+T)
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(D)  # (B, H, T, start+T); a Python float keeps float32
         # Query i sits at position start+i and may see keys 0 .. start+i.
         visible = np.arange(start + T)[None, :] <= (start + np.arange(T))[:, None]
         weights = dropout(softmax(np.where(visible, scores, -np.inf)), self.dropout_p, rng)

@@ -1,5 +1,7 @@
 """The position-wise MLP: expand 4x, activation, project back."""
 
+import math
+
 import numpy as np
 
 
@@ -14,7 +16,7 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU, x * Phi(x), as torch.nn.GELU computes it."""
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))  # math, not np.sqrt: a NumPy float64 would upcast x
 
 
 def relu(x: np.ndarray) -> np.ndarray:
