@@ -6,8 +6,10 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from charlm.errors import CharLMError
 from charlm.models.runner import TorchRunner
 from charlm.sampling import sample_text
 
@@ -55,6 +57,11 @@ class GracefulInterrupt(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if self.requested and self.saved_at is None:
+            # The loss is checked only on logging steps, so make sure a diverged model never
+            # replaces the last good last.ckpt.
+            if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+                raise CharLMError("interrupted, but the weights are no longer finite (the loss diverged); "
+                                  "last.ckpt was not replaced. Try a lower lr.")
             callback = trainer.checkpoint_callback
             folder = Path(callback.dirpath) if callback and callback.dirpath else Path(trainer.default_root_dir)
             trainer.save_checkpoint(folder / "last.ckpt")
