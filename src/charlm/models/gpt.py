@@ -156,11 +156,10 @@ class GPT(nn.Module):
                 if name.endswith("proj.weight"):
                     nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    def positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+    def positions(self, start: int, length: int) -> torch.Tensor:
         """Position vectors for positions start .. start+length-1, (T, C)."""
-        if self.config.pos_encoding == "learned":
-            return self.pos_emb(torch.arange(start, start + length, device=device))
-        return self.pos_table[start : start + length]
+        table = self.pos_emb.weight if self.config.pos_encoding == "learned" else self.pos_table
+        return table[start : start + length]  # a slice: cheaper than an embedding lookup, same gradient
 
     def forward(self, idx: torch.Tensor, cache: GPTCache | None = None) -> torch.Tensor:
         """Token ids (B, T) to next-token logits (B, T, V), continuing `cache` if given."""
@@ -168,7 +167,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
-        x = self.dropout(self.tok_emb(idx) + self.positions(start, T, idx.device))  # (B, T, C)
+        x = self.dropout(self.tok_emb(idx) + self.positions(start, T))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         return self.head(self.ln_f(x))  # (B, T, V)
