@@ -66,7 +66,7 @@ def test_top_level_knobs_reach_the_cnn(compose_config):
 def test_cnn_presets_keep_the_gpt_budget(compose_config):
     for size in ("0.2m", "2.7m"):
         gpt, cnn = compose_config(f"experiment=gpt_{size}"), compose_config(f"experiment=cnn_{size}")
-        for key in ("block_size", "batch_size", "max_steps", "lr", "dropout"):
+        for key in ("block_size", "batch_size", "max_steps"):  # the token budget; lr and dropout are tuned per model
             assert gpt[key] == cnn[key], key
         _, model = preset_model(compose_config, f"experiment=cnn_{size}")
         assert model.receptive_field >= cnn.block_size
