@@ -13,6 +13,10 @@ import torch
 from conftest import ROOT, TINY, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charlm.callbacks import GracefulInterrupt
+from charlm.errors import CharLMError
+from charlm.lit import LanguageModel
+
 # Dropout on, so resuming must restore random states too; a fixed decay horizon, so a run may stop
 # (max_steps) earlier than another without changing the learning-rate schedule.
 STEADY = [*TINY, "dropout=0.1", "optimizer.decay_steps=2000", "trainer.log_every_n_steps=1", "eval_interval=50"]
@@ -120,6 +124,20 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     checkpoint = torch.load(last_good, weights_only=True)
     assert checkpoint["global_step"] == bad_step - 1  # validated after every step: the step just before
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
+
+
+def test_ctrl_c_never_saves_diverged_weights(tmp_path):
+    # The loss is checked only on logging steps, so a Ctrl-C between a divergence and the next
+    # check must not replace the last good last.ckpt. The check runs before the trainer is used.
+    module = LanguageModel({"name": "gpt", "n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8}, "abc",
+                           {"lr": 1e-3})
+    with torch.no_grad():
+        module.model.head.weight[0, 0] = float("nan")
+    interrupt = GracefulInterrupt()
+    interrupt.requested = True
+    with pytest.raises(CharLMError, match="no longer finite"):
+        interrupt.on_train_batch_end(None, module)
+    assert interrupt.saved_at is None
 
 
 def test_same_seed_gives_identical_losses(tmp_path):
