@@ -277,18 +277,22 @@ def machine() -> str:
     return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def format_value(value) -> str:
+    """Three decimals for small floats (ratios, MFU), one for large ones, thousands separators."""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def print_row(row: dict) -> None:
-    print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{k}={v:,.1f}"
-                    if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    print("  ".join(f"{k}={format_value(v)}" for k, v in row.items()), flush=True)
 
 
 def markdown_table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     for row in rows:
-        cells = [(f"{row[k]:.3f}" if abs(row[k]) < 10 else f"{row[k]:,.1f}") if isinstance(row[k], float)
-                 else f"{row[k]:,}" if isinstance(row[k], int) else str(row[k]) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(format_value(row[k]) for k in keys) + " |")
     return "\n".join(lines)
 
 
