@@ -107,6 +107,8 @@ class StepTimer:
 
         class _Callback(L.Callback):
             def on_train_batch_end(inner, *args, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # GPU work is asynchronous: time finished steps, as the bare loop does
                 self.stamps.append(time.perf_counter())
 
         self.stamps: list[float] = []
@@ -119,11 +121,10 @@ class StepTimer:
 def maybe_compile(cfg, model: torch.nn.Module) -> None:
     """compile=true in a case ("gpt_2.7m compile=true") compiles the model as a training run does."""
     if cfg.compile:
-        from charlm.training import compile_model
+        from charlm.training import compile_model, training_device
 
-        example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long,
-                              device=next(model.parameters()).device)
-        compile_model(model, example)
+        example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=training_device(cfg))
+        compile_model(model, example, cfg.trainer.precision)
 
 
 def lightning_steps(cfg, steps: int) -> list[float]:
@@ -151,30 +152,35 @@ def lightning_steps(cfg, steps: int) -> list[float]:
 
 def bare_steps(cfg, steps: int) -> list[float]:
     """Step times of a plain PyTorch loop doing the same work: same data loader, model, AdamW,
-    schedule and gradient clipping; no Lightning."""
+    schedule, gradient clipping and mixed precision; no Lightning."""
     from hydra.utils import instantiate
 
     from charlm.lit import make_optimizer, next_token_loss
+    from charlm.training import autocast, training_device
 
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=len(datamodule.vocab))
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    device = training_device(cfg)
     model.to(device).train()
     maybe_compile(cfg, model)
     optimizer, scheduler = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True), cfg.max_steps,
                                           fused=device == "cuda")
     clip = cfg.trainer.gradient_clip_val
+    scaler = torch.amp.GradScaler(device, enabled=str(cfg.trainer.precision) == "16-mixed")  # as Lightning's 16-mixed
     times, start = [], time.perf_counter()
     for step, (inputs, targets) in enumerate(datamodule.train_dataloader()):
         if step == steps:
             break
-        loss = next_token_loss(model, (inputs.to(device), targets.to(device)))
+        with autocast(cfg.trainer.precision, device):
+            loss = next_token_loss(model, (inputs.to(device), targets.to(device)))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if clip:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -186,9 +192,15 @@ def bare_steps(cfg, steps: int) -> list[float]:
 
 def training_case(case: str, steps: int, threads: int | None, rounds: int) -> dict:
     """One benchmark case, run in a fresh process (see bench_training) so peak memory is its own."""
+    from charlm.training import use_fast_kernels
+
     if threads:
         torch.set_num_threads(threads)
     cfg = case_config(case, f"max_steps={steps}")
+    use_fast_kernels(cfg)
+    # Mixed precision multiplies in half precision, so its peak is the half-precision one.
+    peak_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(cfg.trainer.precision),
+                                                                               torch.float32)
     warmup = max(3, steps // 10)
     bare, lightning, peaks = [], [], []
     for _ in range(rounds):  # alternate, so drifting machine load hits both loops alike
@@ -196,7 +208,7 @@ def training_case(case: str, steps: int, threads: int | None, rounds: int) -> di
         lightning += lightning_steps(cfg, steps)[warmup:]
         # The peak once per round, keeping the highest: a peak timed in a noisy moment would
         # understate it and overstate MFU.
-        peaks.append(matmul_peak_flops())
+        peaks.append(matmul_peak_flops(peak_dtype))
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=VOCAB_SIZE)
     tokens = cfg.batch_size * cfg.block_size
     bare_s, lightning_s = statistics.median(bare), statistics.median(lightning)
@@ -211,7 +223,7 @@ def training_case(case: str, steps: int, threads: int | None, rounds: int) -> di
         "bare_ms_per_step": bare_s * 1e3, "lightning_ms_per_step": lightning_s * 1e3,
         "lightning_over_bare": bare_s / lightning_s, "lightning_tokens_per_s": tokens / lightning_s,
         "model_gflop_per_step": flops / 1e9, "peak_gflop_per_s": peak / 1e9,
-        "mfu_lightning": flops / lightning_s / peak,
+        "mfu_lightning": flops / lightning_s / peak, "precision": str(cfg.trainer.precision),
         "peak_memory_mb": memory_mb, "threads": torch.get_num_threads(),
     }
 

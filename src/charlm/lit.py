@@ -126,6 +126,21 @@ class LanguageModel(L.LightningModule):
             if "cuda" in states and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Lightning refuses to clip a fused optimizer under mixed precision, because its 16-bit
+        # plugin leaves fused optimizers to unscale their own gradients inside step(). Unscale
+        # here first (a GradScaler's step() accepts already-unscaled gradients), then clip.
+        if not gradient_clip_val:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and optimizer.defaults.get("fused"):  # others were unscaled by Lightning
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self):
         optimizer, scheduler = make_optimizer(self.model, self.optim, self.trainer.max_steps,
                                               fused=self.device.type == "cuda")

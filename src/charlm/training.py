@@ -1,5 +1,6 @@
 """A training run from a composed Hydra config: data, model, trainer, fit, report."""
 
+import contextlib
 import json
 import logging
 import math
@@ -31,6 +32,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE)
 )
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# num_workers=0 is deliberate (conf/data): a batch is one indexing op, and workers only add overhead.
+warnings.filterwarnings("ignore", message=r".*does not have many workers")
 # Our sampler does resume mid-epoch: it starts at the restored step (CharDataModule.batches_done).
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
@@ -43,18 +46,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda file: torch.save(checkpoint, file))
 
 
-def compile_model(model: torch.nn.Module, example: torch.Tensor) -> bool:
-    """Compile in place (state_dict keys stay unchanged), trying one forward and backward pass now.
+def use_fast_kernels(cfg: DictConfig) -> None:
+    """Intra-op threads as configured; TF32 matmuls and convolutions on GPUs that have them."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def training_device(cfg: DictConfig) -> str:
+    """Where the trainer will put the model: a GPU unless the CPU is asked for or there is none."""
+    return "cpu" if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
+
+
+def autocast(precision: str, device: str):
+    """The autocast context Lightning's `precision` setting trains under (none for full precision)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    return torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def compile_model(model: torch.nn.Module, example: torch.Tensor, precision: str = "32-true") -> bool:
+    """Compile in place (state_dict keys stay unchanged), trying one forward and backward pass now
+    on the example's device, batch shape and precision, so the kernels built are those training uses.
 
     Returns False, after a warning, when this machine cannot compile, and the model stays eager.
     """
+    home = next(model.parameters()).device
     try:
         model.compile()
-        model(example).sum().backward()
+        with autocast(precision, example.device.type):
+            loss = model.to(example.device)(example).float().sum()
+        loss.backward()
         model.zero_grad(set_to_none=True)
+        model.to(home)
         return True
     except Exception as err:  # compilers fail in many ways: no C++ toolchain, unsupported platform...
         model._compiled_call_impl = None  # back to eager
+        model.to(home)
         torch._dynamo.reset()
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         say(f"warning: compile=true failed, training without torch.compile ({type(err).__name__}: {first_line})",
@@ -132,11 +161,7 @@ def fine_tune_source(cfg: DictConfig):
 def train(cfg: DictConfig) -> float:
     """Train as configured; returns the best validation loss (what a sweeper minimises)."""
     check_run_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions on Ampere and newer
-        torch.backends.cudnn.allow_tf32 = True
+    use_fast_kernels(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.run_dir)
 
@@ -157,7 +182,8 @@ def train(cfg: DictConfig) -> float:
         with open_dict(cfg):
             cfg.paths.run_dir = str(run_dir)
         say(f"resuming {ckpt_path} at step {start_step}; checkpoints and TensorBoard stay in {run_dir}")
-    if cfg.compile and compile_model(module.model, torch.zeros(2, cfg.block_size, dtype=torch.long)):
+    example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=training_device(cfg))
+    if cfg.compile and compile_model(module.model, example, cfg.trainer.precision):
         say("compiled the model with torch.compile")
     n_params = count_parameters(module.model)
     say(f"run {cfg.name}: {cfg.model.name}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as float32), "
