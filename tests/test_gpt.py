@@ -11,7 +11,7 @@ def tiny_gpt(**overrides):
 
 
 @pytest.mark.parametrize("options", [{}, {"activation": "gelu", "tie_weights": True, "bias": False},
-                                     {"norm": "post"}, {"pos_encoding": "sinusoidal"}])
+                                     {"norm": "post"}, {"pos_encoding": "sinusoidal"}, {"pos_encoding": "rope"}])
 def test_future_tokens_never_change_past_logits(options):
     torch.manual_seed(0)
     model = tiny_gpt(**options)
@@ -46,6 +46,7 @@ def test_weight_tying_shares_one_matrix():
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
         ({"activation": "tanh"}, "activation must be one of"),
+        ({"pos_encoding": "rope", "n_embd": 18, "n_head": 2}, "rope needs an even head size"),
         ({"n_layer": "four"}, "n_layer must be int"),
         ({"n_layers": 3}, "unexpected keyword argument 'n_layers'"),
     ],
@@ -55,10 +56,11 @@ def test_bad_model_options_get_clear_errors(options, message):
         tiny_gpt(**options)
 
 
-def test_cached_chunk_after_a_cache_sees_the_right_past():
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_cached_chunk_after_a_cache_sees_the_right_past(pos_encoding):
     """Several new tokens after a cache (an offset causal mask) equal one full forward pass."""
     torch.manual_seed(0)
-    model = tiny_gpt()
+    model = tiny_gpt(pos_encoding=pos_encoding)
     idx = torch.randint(11, (2, 20))
     with torch.no_grad():
         reference = model(idx)

@@ -23,6 +23,7 @@ CONFIGS = {
     "relu, no qkv bias": dict(activation="relu", qkv_bias=False),
     "gelu, tied, no bias": dict(activation="gelu", tie_weights=True, bias=False),
     "sinusoidal positions": dict(pos_encoding="sinusoidal"),
+    "rotary positions": dict(pos_encoding="rope"),
     "xavier init": dict(init="xavier"),
     "post-LayerNorm": dict(norm="post"),
 }

@@ -12,11 +12,12 @@ def tiny(name, window=40):
     if name == "cnn":
         config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=window, dilation_cycle=3)
     else:
-        config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window)
+        config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window,
+                      pos_encoding="rope" if name == "gpt_rope" else "learned")
     return build_model(config, vocab_size=11).eval()
 
 
-@pytest.mark.parametrize("name", ["cnn", "gpt"])
+@pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope"])
 def test_cached_greedy_generation_equals_full_recomputation(name):
     model = tiny(name)
     runner = TorchRunner(model)
@@ -37,7 +38,7 @@ def test_cached_greedy_generation_equals_full_recomputation(name):
     torch.testing.assert_close(torch.cat(stepwise, dim=1), reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["cnn", "gpt"])
+@pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope"])
 def test_generation_slides_past_the_window(name):
     runner = TorchRunner(tiny(name, window=16))
     prompt = np.zeros((1, 20), dtype=np.int64)  # already longer than the window

@@ -27,7 +27,7 @@ class GPTConfig:
     bias: bool = True  # biases in linear layers and LayerNorms
     qkv_bias: bool = True  # bias on the query/key/value projection (off in the published 0.2M GPT)
     tie_weights: bool = False  # share the token embedding with the output projection
-    pos_encoding: str = "learned"  # "learned" table or fixed "sinusoidal" encoding
+    pos_encoding: str = "learned"  # "learned" table, fixed "sinusoidal" encoding, or "rope" (rotary, in attention)
     init: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections; "xavier": Glorot uniform
     norm: str = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (the original transformer)
 
@@ -35,7 +35,9 @@ class GPTConfig:
         check_config(self, "GPT")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name, allowed in [("activation", ACTIVATIONS), ("pos_encoding", ("learned", "sinusoidal")),
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos_encoding=rope needs an even head size, got {self.n_embd // self.n_head}")
+        for name, allowed in [("activation", ACTIVATIONS), ("pos_encoding", ("learned", "sinusoidal", "rope")),
                               ("init", ("gpt2", "xavier")), ("norm", ("pre", "post"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
@@ -52,6 +54,21 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
     return table.float()
+
+
+def rotary_tables(length: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * 10000^(-2i/head_dim) for rotary embeddings (RoFormer), (length, head_dim/2) each."""
+    frequency = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angle = torch.arange(length, dtype=torch.float64)[:, None] * frequency
+    return angle.cos().float(), angle.sin().float()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + D/2) of queries and keys x (B, T, 2, H, D) by their position's
+    angles (T, 1, 1, D/2), so query-key dot products depend only on the distance between positions."""
+    first, second = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # keep autocast's half precision
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
 @dataclass
 class GPTCache:
@@ -72,12 +89,15 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.proj_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). With a cache, this step's keys/values are stored at positions
-        cache.length onwards and the queries attend to everything stored so far."""
+        cache.length onwards and the queries attend to everything stored so far. `rotary`: the
+        (cos, sin) angles of these T positions, for rotary position embeddings."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, D)
+        qk = qkv[:, :, :2] if rotary is None else rotate(qkv[:, :, :2], *rotary)  # queries and keys at once
+        q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), qkv[:, :, 2]))  # (B, H, T, D) each
         mask, causal = None, True
         if cache is not None:
             start, end = cache.length, cache.length + T
@@ -117,11 +137,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.post_norm:
-            x = self.ln_1(x + self.attn(x, cache, layer))
+            x = self.ln_1(x + self.attn(x, cache, layer, rotary))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -131,10 +152,15 @@ class GPT(nn.Module):
         self.config = config = GPTConfig(**options)
         self.block_size = config.block_size
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        # Fixed encodings are buffers, not parameters, and are not saved: they are rebuilt from the config.
         if config.pos_encoding == "learned":
             self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
-        else:  # fixed, so not a parameter and not saved: rebuilt from the config
+        elif config.pos_encoding == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_encoding(config.block_size, config.n_embd), persistent=False)
+        else:  # rope: positions enter through the attention's queries and keys, not the embeddings
+            cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -167,9 +193,15 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
-        x = self.dropout(self.tok_emb(idx) + self.positions(start, T))  # (B, T, C)
+        x, rotary = self.tok_emb(idx), None  # (B, T, C)
+        if self.config.pos_encoding == "rope":
+            # (T, 1, 1, D/2) each, to broadcast over (B, T, 2, H, D/2) queries and keys
+            rotary = self.rope_cos[start : start + T, None, None], self.rope_sin[start : start + T, None, None]
+        else:
+            x = x + self.positions(start, T)
+        x = self.dropout(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rotary)
         return self.head(self.ln_f(x))  # (B, T, V)
 
     def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None) -> tuple[torch.Tensor, GPTCache]:

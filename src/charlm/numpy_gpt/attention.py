@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from charlm.numpy_gpt.feedforward import dropout, linear
+from charlm.numpy_gpt.positional import rotate
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -29,11 +30,15 @@ class MultiHeadAttention:
         self.dropout_p = dropout_p
 
     def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+                 rng: np.random.Generator | None = None,
+                 rotary: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """x (B, T, C) -> (B, T, C); `rotary`: (cos, sin) of these positions for rotary embeddings."""
         B, T, C = x.shape
         D = C // self.n_head
         qkv = linear(x, self.qkv_w, self.qkv_b)  # (B, T, 3C)
         q, k, v = (part.reshape(B, T, self.n_head, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         start = 0
         if cache is not None:  # store this step, then attend to everything stored
             start = cache.length

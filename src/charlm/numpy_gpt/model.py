@@ -12,7 +12,7 @@ from charlm.numpy_gpt.attention import KeyValueCache
 from charlm.numpy_gpt.block import DecoderBlock
 from charlm.numpy_gpt.feedforward import dropout, linear
 from charlm.numpy_gpt.layernorm import LayerNorm
-from charlm.numpy_gpt.positional import PositionalEncoding, sinusoidal_encoding
+from charlm.numpy_gpt.positional import PositionalEncoding, rotary_tables, sinusoidal_encoding
 
 
 class NumpyGPT:
@@ -24,10 +24,14 @@ class NumpyGPT:
         self.n_layer, self.n_head, self.n_embd = config["n_layer"], config["n_head"], config["n_embd"]
         self.dropout_p = config.get("dropout", 0.0)
         self.tok_emb = weights["tok_emb.weight"]  # (V, C)
-        if config.get("pos_encoding", "learned") == "learned":
+        encoding = config.get("pos_encoding", "learned")
+        self.positions, self.rotary = None, None
+        if encoding == "learned":
             self.positions = PositionalEncoding(weights["pos_emb.weight"])
-        else:
+        elif encoding == "sinusoidal":
             self.positions = PositionalEncoding(sinusoidal_encoding(self.block_size, self.n_embd))
+        else:  # rope
+            self.rotary = rotary_tables(self.block_size, self.n_embd // self.n_head)
         activation = config.get("activation", "gelu")
         norm = config.get("norm", "pre")
         self.blocks = [DecoderBlock(weights, f"blocks.{i}", self.n_head, activation, self.dropout_p, norm)
@@ -43,9 +47,14 @@ class NumpyGPT:
         T = ids.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
-        x = dropout(self.tok_emb[ids] + self.positions(start, T), self.dropout_p, rng)  # (B, T, C)
+        x, rotary = self.tok_emb[ids], None  # (B, T, C)
+        if self.rotary is not None:
+            rotary = tuple(table[start : start + T] for table in self.rotary)  # (T, D/2) each
+        else:
+            x = x + self.positions(start, T)
+        x = dropout(x, self.dropout_p, rng)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, rng)
+            x = block(x, cache, layer, rng, rotary)
         if cache is not None:
             cache.length += T
         return linear(self.ln_f(x), self.head_w, self.head_b)  # (B, T, V)

@@ -1,4 +1,5 @@
-"""Position information added to token embeddings: a learned table, or fixed sinusoids."""
+"""Position information: a learned table or fixed sinusoids added to token embeddings, or rotary
+embeddings applied to attention queries and keys."""
 
 import numpy as np
 
@@ -19,3 +20,16 @@ class PositionalEncoding:
 
     def __call__(self, start: int, length: int) -> np.ndarray:
         return self.table[start : start + length]  # (T, C)
+
+
+def rotary_tables(length: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of position * 10000^(-2i/head_dim), (length, head_dim/2) float32 each."""
+    frequency = 10000.0 ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angle = np.arange(length, dtype=np.float64)[:, None] * frequency
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate channel pairs (i, i + D/2) of x (B, H, T, D) by their position's angles (T, D/2)."""
+    first, second = np.split(x, 2, axis=-1)
+    return np.concatenate((first * cos - second * sin, second * cos + first * sin), axis=-1)
