@@ -70,6 +70,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # keep autocast's half precision
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
+
 @dataclass
 class GPTCache:
     """Generation state: characters seen so far, and every layer's keys and values in buffers
