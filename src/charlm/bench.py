@@ -192,15 +192,14 @@ def bare_steps(cfg, steps: int) -> list[float]:
 
 def training_case(case: str, steps: int, threads: int | None, rounds: int) -> dict:
     """One benchmark case, run in a fresh process (see bench_training) so peak memory is its own."""
-    from charlm.training import use_fast_kernels
+    from charlm.training import mixed_dtype, use_fast_kernels
 
     if threads:
         torch.set_num_threads(threads)
     cfg = case_config(case, f"max_steps={steps}")
     use_fast_kernels(cfg)
     # Mixed precision multiplies in half precision, so its peak is the half-precision one.
-    peak_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(cfg.trainer.precision),
-                                                                               torch.float32)
+    peak_dtype = mixed_dtype(cfg.trainer.precision) or torch.float32
     warmup = max(3, steps // 10)
     bare, lightning, peaks = [], [], []
     for _ in range(rounds):  # alternate, so drifting machine load hits both loops alike

@@ -60,9 +60,14 @@ def training_device(cfg: DictConfig) -> str:
     return "cpu" if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
 
 
+def mixed_dtype(precision: str) -> torch.dtype | None:
+    """The half-precision type a mixed `precision` setting multiplies in; None for full precision."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+
+
 def autocast(precision: str, device: str):
     """The autocast context Lightning's `precision` setting trains under (none for full precision)."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    dtype = mixed_dtype(precision)
     return torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
@@ -182,9 +187,10 @@ def train(cfg: DictConfig) -> float:
         with open_dict(cfg):
             cfg.paths.run_dir = str(run_dir)
         say(f"resuming {ckpt_path} at step {start_step}; checkpoints and TensorBoard stay in {run_dir}")
-    example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=training_device(cfg))
-    if cfg.compile and compile_model(module.model, example, cfg.trainer.precision):
-        say("compiled the model with torch.compile")
+    if cfg.compile:
+        example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=training_device(cfg))
+        if compile_model(module.model, example, cfg.trainer.precision):
+            say("compiled the model with torch.compile")
     n_params = count_parameters(module.model)
     say(f"run {cfg.name}: {cfg.model.name}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as float32), "
         f"vocabulary {len(datamodule.vocab)}, {len(datamodule.train_ids):,} train / "
