@@ -18,7 +18,8 @@ class DecoderBlock:
         self.mlp = FeedForward(weights, f"{prefix}.mlp", activation, dropout_p)
 
     def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,
-                 rng: np.random.Generator | None = None, rotary=None) -> np.ndarray:
+                 rng: np.random.Generator | None = None,
+                 rotary: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         if self.post_norm:
             x = self.ln_1(x + self.attn(x, cache, layer, rng, rotary))
             return self.ln_2(x + self.mlp(x, rng))
