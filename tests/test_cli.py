@@ -61,6 +61,23 @@ def test_greedy_batched_samples_are_identical(trained_run):
     assert len(samples) == 3 and len(set(samples)) == 1
 
 
+def test_compiled_sampling_writes_the_eager_text_and_falls_back_without_a_compiler(trained_run, tmp_path,
+                                                                                   monkeypatch):
+    args = [f"ckpt={trained_run}", "temperature=0", "num_tokens=60"]
+    eager = run_script("sample.py", *args)
+    compiled = run_script("sample.py", *args, "compile=true")
+    assert compiled.returncode == 0, compiled.stderr
+    assert "compiling the generation step" in compiled.stderr and "warning" not in compiled.stderr
+    assert compiled.stdout == eager.stdout
+
+    monkeypatch.setenv("CXX", "/bin/false")  # a machine without a working C++ compiler
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # and nothing compiled before
+    fallback = run_script("sample.py", *args, "compile=true")
+    assert fallback.returncode == 0, fallback.stderr
+    assert "warning: compile=true failed, generating eagerly" in fallback.stderr
+    assert fallback.stdout == eager.stdout
+
+
 def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # leave the shared run untouched
@@ -116,6 +133,7 @@ BAD_SAMPLING = {
     "missing checkpoint": (["ckpt=/no/such.ckpt"], r"checkpoint not found: /no/such\.ckpt"),
     "bad temperature": (["temperature=-1"], r"temperature must be 0 \(greedy\) or positive"),
     "bad top_p": (["top_p=1.5"], r"top_p must be in \(0, 1\]"),
+    "compile with numpy": (["compile=true", "backend=numpy"], r"compile=true needs backend=torch"),
 }
 
 

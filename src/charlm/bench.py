@@ -252,25 +252,37 @@ def time_generation(runner, batch: int, tokens: int, use_cache: bool, repeats: i
 
 
 def bench_generation(presets: list[str], tokens: int, batches: list[int], repeats: int,
-                     numpy_too: bool = False) -> list[dict]:
-    """Torch, and with numpy_too the NumPy engine on the same weights (GPT presets only)."""
+                     numpy_too: bool = False, compile_too: bool = False) -> list[dict]:
+    """Torch; with compile_too also torch with a compiled cached step (GPT presets); with numpy_too
+    the NumPy engine on the same weights (GPT presets)."""
     from charlm.numpy_gpt import NumpyGPT
 
     rows = []
     for name in presets:
         model = preset_model(name).eval()
         runners = [("torch", TorchRunner(model))]
+        if compile_too and hasattr(model, "step"):
+            runners.append(("torch+compile", TorchRunner(model, compile=True)))
         if numpy_too and name.startswith("gpt"):
             weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
             runners.append(("numpy", NumpyGPT(dict(model.config.__dict__), weights)))
+        eager_recompute = {}
         for backend, runner in runners:
             for batch in batches:
-                full = time_generation(runner, batch, tokens, use_cache=False, repeats=repeats)
+                compile_s = "-"
+                if backend == "torch+compile":  # compile (or load from Inductor's cache) before timing
+                    start = time.perf_counter()
+                    time_generation(runner, batch, 1, use_cache=True, repeats=1)
+                    compile_s = time.perf_counter() - start
+                    full = eager_recompute[batch]  # its recompute path is the eager model's, timed above
+                else:
+                    full = time_generation(runner, batch, tokens, use_cache=False, repeats=repeats)
+                    eager_recompute.setdefault(batch, full)
                 cached = time_generation(runner, batch, tokens, use_cache=True, repeats=repeats)
                 rows.append({
                     "preset": name, "backend": backend, "parameters": count_parameters(model), "batch": batch,
                     "new_tokens": tokens, "recompute_tokens_per_s": full, "cached_tokens_per_s": cached,
-                    "speedup": cached / full,
+                    "speedup": cached / full, "compile_s": compile_s,
                 })
                 print_row(rows[-1])
     return rows
@@ -341,6 +353,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=positive_ints, default=[1, 8], help="generation: batch sizes, e.g. 1,8")
     parser.add_argument("--repeats", type=int, default=3, help="generation: runs per measurement")
     parser.add_argument("--numpy", action="store_true", help="generation: also time the NumPy engine (GPT presets)")
+    parser.add_argument("--compile", action="store_true",
+                        help="generation: also time torch with a compiled cached step (GPT presets)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
@@ -355,7 +369,7 @@ def main(argv: list[str]) -> None:
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
     else:
         rows = bench_generation([p for p in args.presets.split(",") if p], args.tokens, args.batch, args.repeats,
-                                args.numpy)
+                                args.numpy, args.compile)
     save(rows, args.kind, args.out, command)
 
 

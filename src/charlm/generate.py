@@ -27,6 +27,10 @@ def check_sample_config(cfg: DictConfig) -> None:
         raise CharLMError(f"top_k must be a positive integer or null, got {cfg.top_k!r}")
     if cfg.top_p is not None and (not isinstance(cfg.top_p, (int, float)) or not 0 < cfg.top_p <= 1):
         raise CharLMError(f"top_p must be in (0, 1] or null, got {cfg.top_p!r}")
+    if not isinstance(cfg.compile, bool):
+        raise CharLMError(f"compile must be true or false, got {cfg.compile!r}")
+    if cfg.compile and cfg.backend != "torch":
+        raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
     if not cfg.prompt:
         raise CharLMError("prompt must contain at least one character")
 
@@ -45,7 +49,7 @@ def open_model(cfg: DictConfig):
     from charlm.models.runner import TorchRunner
 
     loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run())
-    return TorchRunner(loaded.model.to(cfg.device)), loaded.vocab, loaded.path
+    return TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile), loaded.vocab, loaded.path
 
 
 def sample(cfg: DictConfig) -> None:

@@ -7,6 +7,7 @@ the stored past instead of recomputing it.
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,12 +74,22 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class GPTCache:
-    """Generation state: characters seen so far, and every layer's keys and values in buffers
-    allocated once for the whole window (writing in place beats growing tensors step by step)."""
+    """Generation state: how many characters are stored, and every layer's keys and values in
+    buffers of the whole window, allocated once. Fixed shapes let a compiled step run at every
+    position, and writing in place beats growing tensors step by step."""
 
     length: int
-    keys: torch.Tensor  # (n_layer, B, H, block_size, D)
-    values: torch.Tensor  # (n_layer, B, H, block_size, D)
+    keys: list[torch.Tensor]  # per layer (B, H, block_size, D); zeros where nothing is stored yet
+    values: list[torch.Tensor]  # per layer (B, H, block_size, D)
+
+
+class LayerCache(NamedTuple):
+    """What one attention layer needs to continue a cache."""
+
+    keys: torch.Tensor  # (B, H, block_size, D), written in place at `positions`
+    values: torch.Tensor  # (B, H, block_size, D)
+    positions: torch.Tensor  # (T,) the positions of this step's characters
+    visible: torch.Tensor  # (T, block_size) bool: which stored slots each new character may attend to
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,26 +101,22 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.proj_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C). With a cache, this step's keys/values are stored at positions
-        cache.length onwards and the queries attend to everything stored so far. `rotary`: the
-        (cos, sin) angles of these T positions, for rotary position embeddings."""
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `rotary`: the (cos, sin) angles of these T positions, for rotary
+        position embeddings. With a cache, this step's keys and values are stored at their positions
+        and the queries attend to every visible slot."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, D)
         qk = qkv[:, :, :2] if rotary is None else rotate(qkv[:, :, :2], *rotary)  # queries and keys at once
         q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), qkv[:, :, 2]))  # (B, H, T, D) each
-        mask, causal = None, True
-        if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.keys[layer, :, :, start:end] = k
-            cache.values[layer, :, :, start:end] = v
-            k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]  # (B, H, end, D)
-            if start > 0:  # one new query may see every stored key; several need an offset mask
-                causal = False
-                mask = None if T == 1 else torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        if cache is None:
+            dropout = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            cache.keys[:, :, cache.positions] = k  # in place, so a compiled step updates the cache too
+            cache.values[:, :, cache.positions] = v
+            y = F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=cache.visible)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.proj_dropout(self.proj(y))
 
@@ -138,12 +145,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: GPTCache | None = None, layer: int = 0,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         if self.post_norm:
-            x = self.ln_1(x + self.attn(x, cache, layer, rotary))
+            x = self.ln_1(x + self.attn(x, rotary, cache))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
+        x = x + self.attn(self.ln_1(x), rotary, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -183,35 +190,48 @@ class GPT(nn.Module):
                 if name.endswith("proj.weight"):
                     nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    def positions(self, start: int, length: int) -> torch.Tensor:
-        """Position vectors for positions start .. start+length-1, (T, C)."""
-        table = self.pos_emb.weight if self.config.pos_encoding == "learned" else self.pos_table
-        return table[start : start + length]  # a slice: cheaper than an embedding lookup, same gradient
-
-    def forward(self, idx: torch.Tensor, cache: GPTCache | None = None) -> torch.Tensor:
-        """Token ids (B, T) to next-token logits (B, T, V), continuing `cache` if given."""
-        start = 0 if cache is None else cache.length
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) to next-token logits (B, T, V), each position seeing only its past."""
         T = idx.shape[1]
+        if T > self.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.block_size}")
+        return self.run(idx, slice(0, T))  # a slice of the position tables: cheaper than a lookup, same gradient
+
+    def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None, step=None) -> tuple[torch.Tensor, GPTCache]:
+        """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V).
+        `step` replaces `self.step` (a compiled copy, say)."""
+        if cache is None:
+            c = self.config
+            shape = (idx.shape[0], c.n_head, c.block_size, c.n_embd // c.n_head)
+            # zeros, not empty: hidden slots get zero attention weight, and 0 * NaN would still be NaN
+            cache = GPTCache(0, *([self.tok_emb.weight.new_zeros(shape) for _ in range(c.n_layer)] for _ in "kv"))
+        start, T = cache.length, idx.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
+        positions = torch.arange(start, start + T, device=idx.device)
+        logits = (step or self.step)(idx, positions, cache.keys, cache.values)
+        cache.length += T
+        return logits, cache
+
+    def step(self, idx: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
+             values: list[torch.Tensor]) -> torch.Tensor:
+        """One cached step in fixed shapes: ids (B, T) at `positions` (T,) -> logits (B, T, V), storing
+        their keys and values in the per-layer buffers (B, H, block_size, D)."""
+        visible = torch.arange(self.block_size, device=idx.device) <= positions[:, None]  # (T, block_size)
+        caches = [LayerCache(k, v, positions, visible) for k, v in zip(keys, values, strict=True)]
+        return self.run(idx, positions, caches)
+
+    def run(self, idx: torch.Tensor, positions: slice | torch.Tensor,
+            caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """The network: ids (B, T) at `positions` (a slice, or a (T,) tensor) -> logits (B, T, V)."""
         x, rotary = self.tok_emb(idx), None  # (B, T, C)
         if self.config.pos_encoding == "rope":
             # (T, 1, 1, D/2) each, to broadcast over (B, T, 2, H, D/2) queries and keys
-            rotary = self.rope_cos[start : start + T, None, None], self.rope_sin[start : start + T, None, None]
+            rotary = self.rope_cos[positions][:, None, None], self.rope_sin[positions][:, None, None]
         else:
-            x = x + self.positions(start, T)
+            table = self.pos_emb.weight if self.config.pos_encoding == "learned" else self.pos_table
+            x = x + table[positions]  # (T, C) broadcast over the batch
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, rotary)
+            x = block(x, rotary, None if caches is None else caches[i])
         return self.head(self.ln_f(x))  # (B, T, V)
-
-    def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None) -> tuple[torch.Tensor, GPTCache]:
-        """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V)."""
-        if cache is None:
-            c = self.config
-            shape = (c.n_layer, idx.shape[0], c.n_head, c.block_size, c.n_embd // c.n_head)
-            weight = self.tok_emb.weight
-            cache = GPTCache(0, weight.new_empty(shape), weight.new_empty(shape))
-        logits = self(idx, cache)
-        cache.length += idx.shape[1]
-        return logits, cache

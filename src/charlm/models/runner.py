@@ -1,18 +1,39 @@
 """Lets the NumPy sampling loop (charlm.sampling) drive a torch model."""
 
+import contextlib
+import io
+import sys
+
 import numpy as np
 import torch
 from torch import nn
 
+# Inductor settings for a compiled one-character step on CPU. Freezing folds the weights into the
+# compiled code as constants, which lets Inductor's own C++ GEMM kernels (chosen by autotuning
+# against ATen) spread each batch-1 product over every thread: MKL runs those on one core.
+CPU_STEP_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
 
 class TorchRunner:
-    """Takes and returns NumPy arrays; runs the model in eval mode under inference_mode."""
+    """Takes and returns NumPy arrays; runs the model in eval mode under inference_mode.
 
-    def __init__(self, model: nn.Module):
+    compile=True compiles the one-new-character cached step (models with a `step` method: the GPT).
+    The compiled step holds a frozen copy of the weights, so it suits a finished model, not one still
+    training. Where compiling fails, one warning says so and generation stays eager.
+    """
+
+    def __init__(self, model: nn.Module, compile: bool = False):
         self.model = model
         self.block_size = model.block_size
         self.device = next(model.parameters()).device
         self.has_cache = hasattr(model, "forward_cached")
+        self.compiled_step = None
+        if compile and not hasattr(model, "step"):
+            say(f"warning: compile=true: {type(model).__name__} has no compilable step, generating eagerly")
+        elif compile:
+            self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False)
+            self.compile_options = CPU_STEP_OPTIONS if self.device.type == "cpu" else {}
+            self.compiled_batches: set[int] = set()
 
     def __enter__(self) -> "TorchRunner":
         self.was_training = self.model.training
@@ -23,7 +44,8 @@ class TorchRunner:
         self.model.train(self.was_training)
 
     def _ids(self, ids: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        # a fresh copy with plain strides: a compiled step guards on strides, and the loop passes column slices
+        return torch.as_tensor(ids.copy(), dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -31,5 +53,31 @@ class TorchRunner:
 
     @torch.inference_mode()
     def forward_cached(self, ids: np.ndarray, cache):
-        logits, cache = self.model.forward_cached(self._ids(ids), cache)
+        idx = self._ids(ids)
+        if self.compiled_step is not None and idx.shape[1] == 1:  # prompts and restarts run eagerly
+            logits, cache = self.model.forward_cached(idx, cache, self._compiled)
+        else:
+            logits, cache = self.model.forward_cached(idx, cache)
         return logits[:, -1].float().cpu().numpy(), cache  # (B, V)
+
+    def _compiled(self, idx: torch.Tensor, *args):
+        batch = idx.shape[0]
+        if batch in self.compiled_batches:
+            return self.compiled_step(idx, *args)
+        # A new batch size compiles a new graph: only then do the options and the quiet matter.
+        say(f"compiling the generation step for batch {batch} (faster once Inductor's disk cache holds it)")
+        try:
+            with torch._inductor.config.patch(self.compile_options), contextlib.redirect_stderr(io.StringIO()):
+                logits = self.compiled_step(idx, *args)  # autotuning prints tables of kernel timings
+        except Exception as err:  # compilers fail in many ways: no C++ toolchain, unsupported platform...
+            self.compiled_step = None
+            torch._dynamo.reset()
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            say(f"warning: compile=true failed, generating eagerly ({type(err).__name__}: {first_line})")
+            return self.model.step(idx, *args)
+        self.compiled_batches.add(batch)
+        return logits
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
