@@ -2,37 +2,99 @@
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script
 
 from charlm.checkpoint import model_state
+
+RUN = [*TINY, "max_steps=30", "eval_interval=15"]
+# Two CPU processes, each with half of a global batch of 16, under each way of starting them.
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "batch_size=8",
+       "threads=1"]
+
+
+def read_run(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    weights = model_state(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    return summary, weights
 
 
 def train(tmp_path, name, *args):
     run_dir = tmp_path / name
-    result = run_script("train.py", *TINY, "max_steps=30", "eval_interval=15", f"hydra.run.dir={run_dir}", *args)
+    result = run_script("train.py", *RUN, f"hydra.run.dir={run_dir}", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    weights = model_state(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
-    return result, summary, weights
+    return result, *read_run(run_dir)
 
 
-def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference for data parallelism: one process with the whole global batch of 16."""
+    _, summary, weights = train(tmp_path_factory.mktemp("single"), "single", "batch_size=16", "threads=1")
+    return summary, weights
+
+
+def assert_trains_like_one_process(run, one_process):
     """Each of 2 gloo processes takes half of every global batch of 16; DDP averages their gradients,
     which is the full batch's gradient up to float32 summation order. So after 30 AdamW steps the
     weights agree to ~1e-6 (we allow 1e-5) and the validation loss to 1e-5."""
-    _, single, single_weights = train(tmp_path, "single", "batch_size=16", "threads=1")
-    result, ddp, ddp_weights = train(tmp_path, "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                     "trainer.precision=32-true", "batch_size=8", "threads=1")
-    assert ddp["steps"] == single["steps"] == 30
-    assert ddp["tokens"] == single["tokens"] == 30 * 16 * 16
-    assert ddp["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-5)
-    assert ddp_weights.keys() == single_weights.keys()
+    (summary, weights), (single, single_weights) = run, one_process
+    assert summary["steps"] == single["steps"] == 30
+    assert summary["tokens"] == single["tokens"] == 30 * 16 * 16
+    assert summary["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-5)
+    assert weights.keys() == single_weights.keys()
     for key in single_weights:
-        torch.testing.assert_close(ddp_weights[key], single_weights[key], atol=1e-5, rtol=0)
+        torch.testing.assert_close(weights[key], single_weights[key], atol=1e-5, rtol=0)
+
+
+def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path, one_process):
+    result, *run = train(tmp_path, "ddp", *DDP)  # ddp_spawn: the run starts its own workers
+    assert_trains_like_one_process(run, one_process)
     assert "best checkpoint" in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_launches_ddp_that_matches_one_process(tmp_path, one_process):
+    """torchrun starts both processes itself (as on every machine of a multi-node job); each runs
+    train.py with trainer.strategy=ddp into one fixed run folder, as the README says."""
+    run_dir = tmp_path / "torchrun"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "train.py"),
+                             *RUN, *DDP, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_trains_like_one_process(read_run(run_dir), one_process)
+
+
+@pytest.mark.slow
+def test_slurm_tasks_run_ddp_that_matches_one_process(tmp_path, one_process):
+    """Two processes started with the variables `srun --ntasks-per-node=2` sets (no SLURM here):
+    Lightning's SLURM environment gives each its rank, as on a cluster."""
+    run_dir = tmp_path / "slurm"
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "charlm", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+             "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1",
+             "MASTER_PORT": str(free_port())}
+    tasks = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RUN, *DDP, "trainer.strategy=ddp",
+                               f"hydra.run.dir={run_dir}"], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+             for rank in range(2)]
+    outputs = [task.communicate(timeout=300) for task in tasks]
+    for rank, (task, (_, stderr)) in enumerate(zip(tasks, outputs, strict=True)):
+        assert task.returncode == 0, stderr[-3000:]
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in stderr  # the rank SLURM gave, not a self-launch
+    assert_trains_like_one_process(read_run(run_dir), one_process)
 
 
 @pytest.mark.parametrize("model", ["gpt", "cnn"])
