@@ -61,6 +61,15 @@ def test_compiled_cached_step_matches_full_recomputation(name):
             np.testing.assert_allclose(logits, reference[:, t], atol=1e-5, rtol=0)
 
 
+def test_compile_on_a_model_without_a_step_warns_and_generates_eagerly(capsys):
+    model = tiny("cnn")
+    runner = TorchRunner(model, compile=True)
+    assert "warning: compile=true: DilatedCNN has no compilable step, generating eagerly" in capsys.readouterr().err
+    prompt = np.zeros((1, 3), dtype=np.int64)
+    out = [int(t[0]) for t in generate(runner, prompt, 20, temperature=0)]
+    assert out == [int(t[0]) for t in generate(TorchRunner(model), prompt, 20, temperature=0)]
+
+
 @pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope"])
 def test_generation_slides_past_the_window(name):
     runner = TorchRunner(tiny(name, window=16))
