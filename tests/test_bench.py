@@ -7,14 +7,17 @@ import sys
 
 def test_generation_benchmark_writes_markdown_and_json(tmp_path):
     cmd = [sys.executable, "-m", "charlm.bench", "generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy",
-           "--tokens", "40", "--batch", "1,2", "--repeats", "1", "--out", str(tmp_path)]
+           "--compile", "--tokens", "40", "--batch", "1,2", "--repeats", "1", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
     assert [(r["preset"], r["backend"], r["batch"]) for r in rows] == [
-        ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch", 2), ("gpt_0.2m", "numpy", 1), ("gpt_0.2m", "numpy", 2),
-        ("cnn_0.2m", "torch", 1), ("cnn_0.2m", "torch", 2)]
+        ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch", 2), ("gpt_0.2m", "torch+compile", 1),
+        ("gpt_0.2m", "torch+compile", 2), ("gpt_0.2m", "numpy", 1), ("gpt_0.2m", "numpy", 2),
+        ("cnn_0.2m", "torch", 1), ("cnn_0.2m", "torch", 2)]  # the CNN has no compiled step
     assert all(r["cached_tokens_per_s"] > 0 and r["recompute_tokens_per_s"] > 0 for r in rows)
+    assert all((r["compile_s"] > 0) if r["backend"] == "torch+compile" else r["compile_s"] == "-" for r in rows)
+    assert "warning" not in result.stderr  # it compiled rather than falling back
     assert "| gpt_0.2m | torch | 208,145 | 1 | 40 |" in (tmp_path / "generation.md").read_text()
 
 
