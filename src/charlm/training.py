@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from charlm.atomic import atomic_write
 from charlm.callbacks import GracefulInterrupt, TextSampleCallback
 from charlm.checkpoint import find_checkpoint, load_model, newest_run, read_checkpoint
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, describe_error
 from charlm.lit import LanguageModel
 from charlm.models import count_parameters, full_config
 from charlm.models.runner import TorchRunner
@@ -90,9 +90,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, precision: str 
         model._compiled_call_impl = None  # back to eager
         model.to(home)
         torch._dynamo.reset()
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        say(f"warning: compile=true failed, training without torch.compile ({type(err).__name__}: {first_line})",
-            sys.stderr)
+        say(f"warning: compile=true failed, training without torch.compile ({describe_error(err)})", sys.stderr)
         return False
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from charlm.errors import describe_error
+
 # Inductor settings for a compiled one-character step on CPU. Freezing folds the weights into the
 # compiled code as constants, which lets Inductor's own C++ GEMM kernels (chosen by autotuning
 # against ATen) spread each batch-1 product over every thread: MKL runs those on one core.
@@ -72,8 +74,7 @@ class TorchRunner:
         except Exception as err:  # compilers fail in many ways: no C++ toolchain, unsupported platform...
             self.compiled_step = None
             torch._dynamo.reset()
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            say(f"warning: compile=true failed, generating eagerly ({type(err).__name__}: {first_line})")
+            say(f"warning: compile=true failed, generating eagerly ({describe_error(err)})")
             return self.model.step(idx, *args)
         self.compiled_batches.add(batch)
         return logits
