@@ -1,25 +1,30 @@
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from charlm.models import build_model
 from charlm.models.runner import TorchRunner
 from charlm.sampling import generate, pick_next
 
+# The CUDA cases run only where a GPU is visible (never in CI); they check the same promises there.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
-def tiny(name, window=40):
+
+def tiny(name, window=40, device="cpu"):
     torch.manual_seed(0)
     if name == "cnn":
         config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=window, dilation_cycle=3)
     else:
         config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window,
                       pos_encoding="rope" if name == "gpt_rope" else "learned")
-    return build_model(config, vocab_size=11).eval()
+    return build_model(config, vocab_size=11).to(device).eval()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope"])
-def test_cached_greedy_generation_equals_full_recomputation(name):
-    model = tiny(name)
+def test_cached_greedy_generation_equals_full_recomputation(name, device):
+    model = tiny(name, device=device)
     runner = TorchRunner(model)
     prompt = np.random.default_rng(0).integers(11, size=(2, 3))
     steps = model.block_size - 3  # up to a full window: where cached and recomputed must agree exactly
@@ -27,7 +32,7 @@ def test_cached_greedy_generation_equals_full_recomputation(name):
     full = np.stack(list(generate(runner, prompt, steps, temperature=0, use_cache=False)), axis=1)
     assert np.array_equal(cached, full)
 
-    ids = torch.as_tensor(np.concatenate([prompt, cached], axis=1))  # (2, 40)
+    ids = torch.as_tensor(np.concatenate([prompt, cached], axis=1), device=device)  # (2, 40)
     with torch.no_grad():
         reference = model(ids)  # (2, 40, V)
         logits, cache = model.forward_cached(ids[:, :3], None)
@@ -38,11 +43,13 @@ def test_cached_greedy_generation_equals_full_recomputation(name):
     torch.testing.assert_close(torch.cat(stepwise, dim=1), reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["gpt", "gpt_rope"])
-def test_compiled_cached_step_matches_full_recomputation(name):
+def test_compiled_cached_step_matches_full_recomputation(name, device):
     """The compiled one-character step (frozen weights, Inductor's own C++ products) gives the same
     greedy text and, step by step, the same logits as recomputing everything eagerly."""
-    model = tiny(name)
+    counters.clear()
+    model = tiny(name, device=device)
     runner = TorchRunner(model, compile=True)
     prompt = np.random.default_rng(0).integers(11, size=(2, 3))
     steps = model.block_size - 3
@@ -53,12 +60,26 @@ def test_compiled_cached_step_matches_full_recomputation(name):
 
     ids = np.concatenate([prompt, cached], axis=1)  # (2, 40)
     with torch.inference_mode():
-        reference = model(torch.as_tensor(ids)).numpy()  # (2, 40, V)
+        reference = model(torch.as_tensor(ids, device=device)).cpu().numpy()  # (2, 40, V)
     logits, cache = runner.forward_cached(ids[:, :3], None)  # the prompt runs eagerly
     with torch._dynamo.config.patch(error_on_recompile=True):  # one graph serves every position
         for t in range(3, ids.shape[1]):
             logits, cache = runner.forward_cached(ids[:, t : t + 1], cache)  # compiled
             np.testing.assert_allclose(logits, reference[:, t], atol=1e-5, rtol=0)
+    assert counters["inductor"]["cudagraph_skips"] == 0  # on a GPU, the step really ran as a CUDA graph
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_generation_past_the_window_and_again_writes_the_eager_text(device):
+    """Texts longer than the window restart the cache, and every text starts a new one: the compiled
+    runner reuses one cache for all of them, and stale slots from earlier text stay hidden."""
+    model = tiny("gpt", window=16, device=device)
+    runner, eager = TorchRunner(model, compile=True), TorchRunner(model)
+    prompt = np.random.default_rng(1).integers(11, size=(2, 3))
+    for _ in range(2):
+        compiled = np.stack(list(generate(runner, prompt, 50, temperature=0)), axis=1)
+        assert np.array_equal(compiled, np.stack(list(generate(eager, prompt, 50, temperature=0)), axis=1))
+    assert list(runner.caches) == [2] and runner.compiled_batches == {2}
 
 
 def test_compile_on_a_model_without_a_step_warns_and_generates_eagerly(capsys):

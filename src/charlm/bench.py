@@ -252,19 +252,19 @@ def time_generation(runner, batch: int, tokens: int, use_cache: bool, repeats: i
 
 
 def bench_generation(presets: list[str], tokens: int, batches: list[int], repeats: int,
-                     numpy_too: bool = False, compile_too: bool = False) -> list[dict]:
-    """Torch; with compile_too also torch with a compiled cached step (GPT presets); with numpy_too
-    the NumPy engine on the same weights (GPT presets)."""
+                     numpy_too: bool = False, compile_too: bool = False, device: str = "cpu") -> list[dict]:
+    """Torch on `device`; with compile_too also torch with a compiled cached step (GPT presets); with
+    numpy_too the NumPy engine on the same weights (GPT presets; always the CPU)."""
     from charlm.numpy_gpt import NumpyGPT
 
     rows = []
     for name in presets:
-        model = preset_model(name).eval()
+        model = preset_model(name).to(device).eval()
         runners = [("torch", TorchRunner(model))]
         if compile_too and hasattr(model, "step"):
             runners.append(("torch+compile", TorchRunner(model, compile=True)))
         if numpy_too and name.startswith("gpt"):
-            weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+            weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
             runners.append(("numpy", NumpyGPT(dict(model.config.__dict__), weights)))
         eager_recompute = {}
         for backend, runner in runners:
@@ -280,7 +280,8 @@ def bench_generation(presets: list[str], tokens: int, batches: list[int], repeat
                     eager_recompute.setdefault(batch, full)
                 cached = time_generation(runner, batch, tokens, use_cache=True, repeats=repeats)
                 rows.append({
-                    "preset": name, "backend": backend, "parameters": count_parameters(model), "batch": batch,
+                    "preset": name, "backend": backend, "device": "cpu" if backend == "numpy" else device,
+                    "parameters": count_parameters(model), "batch": batch,
                     "new_tokens": tokens, "recompute_tokens_per_s": full, "cached_tokens_per_s": cached,
                     "speedup": cached / full, "compile_s": compile_s,
                 })
@@ -355,6 +356,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--numpy", action="store_true", help="generation: also time the NumPy engine (GPT presets)")
     parser.add_argument("--compile", action="store_true",
                         help="generation: also time torch with a compiled cached step (GPT presets)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="generation: where torch runs (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
@@ -362,6 +365,8 @@ def main(argv: list[str]) -> None:
         raise CharLMError("--tokens, --repeats, --steps, --rounds and --threads must be positive")
     if args.steps < 20:
         raise CharLMError("--steps must be at least 20 (the first tenth is warm-up)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CharLMError("--device cuda: this machine has no CUDA GPU that torch can use")
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python -m charlm.bench " + " ".join(f"'{a}'" if " " in a else a for a in argv)
@@ -369,7 +374,7 @@ def main(argv: list[str]) -> None:
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
     else:
         rows = bench_generation([p for p in args.presets.split(",") if p], args.tokens, args.batch, args.repeats,
-                                args.numpy, args.compile)
+                                args.numpy, args.compile, args.device)
     save(rows, args.kind, args.out, command)
 
 

@@ -200,11 +200,7 @@ class GPT(nn.Module):
     def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None, step=None) -> tuple[torch.Tensor, GPTCache]:
         """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V).
         `step` replaces `self.step` (a compiled copy, say)."""
-        if cache is None:
-            c = self.config
-            shape = (idx.shape[0], c.n_head, c.block_size, c.n_embd // c.n_head)
-            # zeros, not empty: hidden slots get zero attention weight, and 0 * NaN would still be NaN
-            cache = GPTCache(0, *([self.tok_emb.weight.new_zeros(shape) for _ in range(c.n_layer)] for _ in "kv"))
+        cache = self.new_cache(idx.shape[0]) if cache is None else cache
         start, T = cache.length, idx.shape[1]
         if start + T > self.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
@@ -212,6 +208,12 @@ class GPT(nn.Module):
         logits = (step or self.step)(idx, positions, cache.keys, cache.values)
         cache.length += T
         return logits, cache
+
+    def new_cache(self, batch: int) -> GPTCache:
+        c = self.config
+        shape = (batch, c.n_head, c.block_size, c.n_embd // c.n_head)
+        # zeros, not empty: hidden slots get zero attention weight, and 0 * NaN would still be NaN
+        return GPTCache(0, *([self.tok_emb.weight.new_zeros(shape) for _ in range(c.n_layer)] for _ in "kv"))
 
     def step(self, idx: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
              values: list[torch.Tensor]) -> torch.Tensor:

@@ -19,9 +19,10 @@ CPU_STEP_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_b
 class TorchRunner:
     """Takes and returns NumPy arrays; runs the model in eval mode under inference_mode.
 
-    compile=True compiles the one-new-character cached step (models with a `step` method: the GPT).
-    The compiled step holds a frozen copy of the weights, so it suits a finished model, not one still
-    training. Where compiling fails, one warning says so and generation stays eager.
+    compile=True compiles the one-new-character cached step (models with a `step` method: the GPT):
+    on CPU with a frozen copy of the weights, on a GPU as a CUDA graph. Either way it suits a finished
+    model, not one still training, generating one text (batch) at a time. Where compiling fails, one
+    warning says so and generation stays eager.
     """
 
     def __init__(self, model: nn.Module, compile: bool = False):
@@ -32,10 +33,16 @@ class TorchRunner:
         self.compiled_step = None
         if compile and not hasattr(model, "step"):
             say(f"warning: compile=true: {type(model).__name__} has no compilable step, generating eagerly")
-        elif compile:
+        elif compile and self.device.type == "cpu":
             self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False)
-            self.compile_options = CPU_STEP_OPTIONS if self.device.type == "cpu" else {}
-            self.compiled_batches: set[int] = set()
+            self.compile_options = CPU_STEP_OPTIONS
+        elif compile:
+            # On a GPU, launching the many small kernels of one character's step is the cost, and
+            # CUDA graphs replay them all at once: 2.1x over the default compile for the 10.7M on an H100.
+            self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+            self.compile_options = {}
+        self.compiled_batches: set[int] = set()
+        self.caches = {}  # batch size -> the cache the compiled step reuses
 
     def __enter__(self) -> "TorchRunner":
         self.was_training = self.model.training
@@ -56,11 +63,25 @@ class TorchRunner:
     @torch.inference_mode()
     def forward_cached(self, ids: np.ndarray, cache):
         idx = self._ids(ids)
-        if self.compiled_step is not None and idx.shape[1] == 1:  # prompts and restarts run eagerly
-            logits, cache = self.model.forward_cached(idx, cache, self._compiled)
-        else:
+        if self.compiled_step is None:
             logits, cache = self.model.forward_cached(idx, cache)
+        else:
+            cache = self._reused_cache(idx.shape[0]) if cache is None else cache
+            step = self._compiled if idx.shape[1] == 1 else None  # prompts and restarts run eagerly
+            logits, cache = self.model.forward_cached(idx, cache, step)
         return logits[:, -1].float().cpu().numpy(), cache  # (B, V)
+
+    def _reused_cache(self, batch: int):
+        """One cache per batch size serves every generation and window restart of a compiled step: a CUDA
+        graph records the buffers' addresses, and new ones would make it record again. Slots left from
+        earlier text are hidden, as empty ones are, until written. So generate one text at a time."""
+        if batch not in self.caches:
+            self.caches[batch] = self.model.new_cache(batch)
+            if self.device.type == "cuda":
+                for buffer in (*self.caches[batch].keys, *self.caches[batch].values):
+                    torch._dynamo.mark_static_address(buffer)  # or the graph would copy them in and out
+        self.caches[batch].length = 0
+        return self.caches[batch]
 
     def _compiled(self, idx: torch.Tensor, *args):
         batch = idx.shape[0]
