@@ -38,7 +38,8 @@ class TorchRunner:
             self.compile_options = CPU_STEP_OPTIONS
         elif compile:
             # On a GPU, launching the many small kernels of one character's step is the cost, and
-            # CUDA graphs replay them all at once: 2.1x over the default compile for the 10.7M on an H100.
+            # CUDA graphs replay them all at once: for the 10.7M on an H100, 1,648 characters/s at batch 1
+            # against 504 with the default compile.
             self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False, mode="reduce-overhead")
             self.compile_options = {}
         self.compiled_batches: set[int] = set()
