@@ -46,8 +46,9 @@ def test_cached_greedy_generation_equals_full_recomputation(name, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["gpt", "gpt_rope"])
 def test_compiled_cached_step_matches_full_recomputation(name, device):
-    """The compiled one-character step (frozen weights, Inductor's own C++ products) gives the same
-    greedy text and, step by step, the same logits as recomputing everything eagerly."""
+    """The compiled one-character step (on CPU frozen weights and Inductor's own C++ products, on a
+    GPU a CUDA graph) gives the same greedy text and, step by step, the same logits as recomputing
+    everything eagerly."""
     counters.clear()
     model = tiny(name, device=device)
     runner = TorchRunner(model, compile=True)
