@@ -16,6 +16,15 @@ TINY = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "data.eval_batch_
         "callbacks.text_sample.num_tokens=40", "callbacks.progress_bar.refresh_rate=0"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def user_facing_errors():
+    """Tests check the one-line errors users see. Debug switches left set in the caller's shell would
+    turn them into tracebacks in every subprocess, so the session runs without them."""
+    saved = {name: os.environ.pop(name) for name in ("CHARLM_DEBUG", "HYDRA_FULL_ERROR") if name in os.environ}
+    yield
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def compose_config():
     """Compose the real training config with overrides, as `python train.py` would."""
@@ -31,7 +40,6 @@ def compose_config():
 def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run train.py / sample.py through the real command line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CHARLM_DEBUG", None)
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
