@@ -21,6 +21,11 @@ def tiny(name, window=40, device="cpu"):
     return build_model(config, vocab_size=11).to(device).eval()
 
 
+def greedy(runner, prompt, steps, use_cache=True):
+    """The greedy continuation (B, steps) of prompt ids (B, T0)."""
+    return np.stack(list(generate(runner, prompt, steps, temperature=0, use_cache=use_cache)), axis=1)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope"])
 def test_cached_greedy_generation_equals_full_recomputation(name, device):
@@ -28,8 +33,8 @@ def test_cached_greedy_generation_equals_full_recomputation(name, device):
     runner = TorchRunner(model)
     prompt = np.random.default_rng(0).integers(11, size=(2, 3))
     steps = model.block_size - 3  # up to a full window: where cached and recomputed must agree exactly
-    cached = np.stack(list(generate(runner, prompt, steps, temperature=0)), axis=1)
-    full = np.stack(list(generate(runner, prompt, steps, temperature=0, use_cache=False)), axis=1)
+    cached = greedy(runner, prompt, steps)
+    full = greedy(runner, prompt, steps, use_cache=False)
     assert np.array_equal(cached, full)
 
     ids = torch.as_tensor(np.concatenate([prompt, cached], axis=1), device=device)  # (2, 40)
@@ -54,8 +59,8 @@ def test_compiled_cached_step_matches_full_recomputation(name, device):
     runner = TorchRunner(model, compile=True)
     prompt = np.random.default_rng(0).integers(11, size=(2, 3))
     steps = model.block_size - 3
-    cached = np.stack(list(generate(runner, prompt, steps, temperature=0)), axis=1)
-    full = np.stack(list(generate(TorchRunner(model), prompt, steps, temperature=0, use_cache=False)), axis=1)
+    cached = greedy(runner, prompt, steps)
+    full = greedy(TorchRunner(model), prompt, steps, use_cache=False)
     assert np.array_equal(cached, full)
     assert runner.compiled_batches == {2}  # it compiled: no silent fall back to eager
 
@@ -78,8 +83,8 @@ def test_compiled_generation_past_the_window_and_again_writes_the_eager_text(dev
     runner, eager = TorchRunner(model, compile=True), TorchRunner(model)
     prompt = np.random.default_rng(1).integers(11, size=(2, 3))
     for _ in range(2):
-        compiled = np.stack(list(generate(runner, prompt, 50, temperature=0)), axis=1)
-        assert np.array_equal(compiled, np.stack(list(generate(eager, prompt, 50, temperature=0)), axis=1))
+        compiled = greedy(runner, prompt, 50)
+        assert np.array_equal(compiled, greedy(eager, prompt, 50))
     assert list(runner.caches) == [2] and runner.compiled_batches == {2}
 
 
