@@ -21,7 +21,8 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.p
 
 def read_run(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
-    weights = model_state(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    weights = model_state(checkpoint["state_dict"])
     return summary, weights
 
 
@@ -34,8 +35,10 @@ def train(tmp_path, name, *args):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    """The reference for data parallelism: one process with the whole global batch of 16."""
-    _, summary, weights = train(tmp_path_factory.mktemp("single"), "single", "batch_size=16", "threads=1")
+    """The reference for data parallelism: one CPU process (the DDP runs are gloo on CPU, also on a
+    machine with a GPU) with the whole global batch of 16."""
+    _, summary, weights = train(tmp_path_factory.mktemp("single"), "single", "trainer=cpu", "batch_size=16",
+                                "threads=1")
     return summary, weights
 
 
@@ -118,8 +121,8 @@ def test_compile_trains_the_same_as_eager(tmp_path):
 
 
 def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXX", "/bin/false")  # a machine without a working C++ compiler
-    result, summary, _ = train(tmp_path, "fallback", "compile=true")
+    monkeypatch.setenv("CXX", "/bin/false")  # a machine without a working C++ compiler, which CPU code needs
+    result, summary, _ = train(tmp_path, "fallback", "trainer=cpu", "compile=true")
     assert "warning: compile=true failed, training without torch.compile" in result.stderr
     assert summary["steps"] == 30
 
