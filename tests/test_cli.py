@@ -270,3 +270,12 @@ def test_max_time_ends_a_run_at_its_wall_clock_budget(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "stopped early" and 0 < summary["steps"] < 1_000_000
     assert summary["wall_time_s"] < 60
+
+
+def test_profiler_knob_prints_lightning_hook_timings(tmp_path):
+    """trainer.profiler=simple swaps our no-op profiler for Lightning's timing one."""
+    args = [*TINY, "max_steps=10", "eval_interval=10", f"hydra.run.dir={tmp_path}"]
+    profiled = run_script("train.py", *args, "trainer.profiler=simple")
+    assert profiled.returncode == 0, profiled.stderr[-3000:]
+    assert "FIT Profiler Report" in profiled.stdout + profiled.stderr
+    assert "run_training_batch" in profiled.stdout + profiled.stderr

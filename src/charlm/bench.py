@@ -133,6 +133,7 @@ def lightning_steps(cfg, steps: int) -> list[float]:
     from hydra.utils import instantiate
 
     from charlm.lit import LanguageModel
+    from charlm.training import build_trainer
 
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -143,9 +144,9 @@ def lightning_steps(cfg, steps: int) -> list[float]:
     skip = {"checkpoint", "last_checkpoint", "text_sample", "early_stopping"}  # no validation in these timings
     callbacks = [instantiate(c) for k, c in cfg.callbacks.items() if k not in skip] + [timer.callback]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, max_steps=steps, limit_val_batches=0,
-                              num_sanity_val_steps=0, enable_checkpointing=False, default_root_dir=tmp,
-                              logger=instantiate(cfg.logger, save_dir=tmp))
+        trainer = build_trainer(cfg, callbacks=callbacks, max_steps=steps, limit_val_batches=0,
+                                num_sanity_val_steps=0, enable_checkpointing=False, default_root_dir=tmp,
+                                logger=instantiate(cfg.logger, save_dir=tmp))
         trainer.fit(module, datamodule=datamodule)
     return timer.intervals()
 

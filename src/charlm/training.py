@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -44,6 +45,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(path), lambda file: torch.save(checkpoint, file))
+
+
+class NoProfiler(PassThroughProfiler):
+    """Times nothing, like Lightning's default profiler, but cheaper. Lightning wraps each of its ~50
+    hook calls a step in profiler.profile(name), and the default builds a generator context manager
+    every time; one shared no-op context saves about 0.1 ms a step on CPU (3.41 -> 3.31 ms for a
+    1-layer 16-wide GPT, where overhead dominates), about 1% of the 0.2M model's step."""
+
+    _nothing = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+        return self._nothing
+
+
+def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
+    """The configured Trainer; `trainer.profiler=simple` (or advanced) times Lightning's hooks."""
+    return instantiate(cfg.trainer, profiler=cfg.trainer.get("profiler") or NoProfiler(), **overrides)
 
 
 def use_fast_kernels(cfg: DictConfig) -> None:
@@ -201,8 +219,7 @@ def train(cfg: DictConfig) -> float:
                 "later positions cannot use the whole block; add layers or a longer dilation cycle", sys.stderr)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger),
-                          plugins=[AtomicCheckpointIO()])
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
     start_time = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start_time
