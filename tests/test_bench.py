@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +50,46 @@ def test_asking_for_a_gpu_without_one_is_one_clear_error(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "--device cuda: this machine has no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may never be collected here)."""
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
+    except (OSError, StopIteration):
+        return False
+    return "zombie" not in state
+
+
+def pool_workers(parent: int) -> list[int]:
+    """multiprocessing workers started by `parent` (not its resource tracker)."""
+    workers = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            status, cmdline = (proc / "status").read_text(), (proc / "cmdline").read_bytes()
+        except OSError:  # ended while we looked
+            continue
+        if f"\nPPid:\t{parent}\n" in status and b"spawn_main" in cmdline:
+            workers.append(int(proc.name))
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
+def test_killing_the_training_benchmark_also_stops_its_worker(tmp_path):
+    """Each case runs in a worker process. Killing the command must not leave it running: it would
+    keep both cores busy and skew whatever is measured next."""
+    cmd = [sys.executable, "-m", "charlm.bench", "training", "--steps", "100000", "--rounds", "1",
+           "--case", "gpt_0.2m n_layer=1 n_embd=16 n_head=2", "--out", str(tmp_path)]
+    bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (workers := pool_workers(bench.pid)):
+        assert bench.poll() is None and time.monotonic() < deadline, "the benchmark started no worker"
+        time.sleep(0.2)
+    time.sleep(3)  # let the worker get into its training loop
+    bench.terminate()
+    assert bench.wait(timeout=60) != 0
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the worker kept running after the benchmark was killed"
+        time.sleep(0.2)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import tempfile
@@ -231,6 +232,9 @@ def training_case(case: str, steps: int, threads: int | None, rounds: int) -> di
 def bench_training(cases: list[str], steps: int, threads: int | None, rounds: int) -> list[dict]:
     rows = []
     spawn = multiprocessing.get_context("spawn")
+    # Killed (SIGTERM), leave through the Pool's `with`, which terminates the worker: otherwise it is
+    # orphaned and keeps both cores busy, skewing whatever is timed next.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     for case in cases:
         case_config(case)  # fail early, in this process, on a bad case
         with spawn.Pool(1) as pool:
