@@ -1,6 +1,7 @@
 """Lets the NumPy sampling loop (charlm.sampling) drive a torch model."""
 
 import contextlib
+import dataclasses
 import io
 import sys
 
@@ -21,7 +22,8 @@ class TorchRunner:
 
     compile=True compiles the one-new-character cached step (models with a `step` method: the GPT):
     on CPU with a frozen copy of the weights, on a GPU as a CUDA graph. Either way it suits a finished
-    model, not one still training, generating one text (batch) at a time. Where compiling fails, one
+    model, not one still training, generating one text (batch) at a time: a second generation of the
+    same batch size started before the first ends makes the first fail at its next step. Where compiling fails, one
     warning says so and generation stays eager.
     """
 
@@ -44,6 +46,7 @@ class TorchRunner:
             self.compile_options = {}
         self.compiled_batches: set[int] = set()
         self.caches = {}  # batch size -> the cache the compiled step reuses
+        self.current = {}  # batch size -> the handle on it of the one generation allowed to use it
 
     def __enter__(self) -> "TorchRunner":
         self.was_training = self.model.training
@@ -67,6 +70,9 @@ class TorchRunner:
         if self.compiled_step is None:
             logits, cache = self.model.forward_cached(idx, cache)
         else:
+            if cache is not None and cache is not self.current.get(idx.shape[0]):
+                raise RuntimeError("another generation of the same batch size took this compiled runner's cache; "
+                                   "finish one text before starting the next, or give each its own runner")
             cache = self._reused_cache(idx.shape[0]) if cache is None else cache
             step = self._compiled if idx.shape[1] == 1 else None  # prompts and restarts run eagerly
             logits, cache = self.model.forward_cached(idx, cache, step)
@@ -75,14 +81,15 @@ class TorchRunner:
     def _reused_cache(self, batch: int):
         """One cache per batch size serves every generation and window restart of a compiled step: a CUDA
         graph records the buffers' addresses, and new ones would make it record again. Slots left from
-        earlier text are hidden, as empty ones are, until written. So generate one text at a time."""
+        earlier text are hidden, as empty ones are, until written. Each start hands out a new handle on
+        the same buffers, so a generation still using an older one fails instead of reading another's."""
         if batch not in self.caches:
             self.caches[batch] = self.model.new_cache(batch)
             if self.device.type == "cuda":
                 for buffer in (*self.caches[batch].keys, *self.caches[batch].values):
                     torch._dynamo.mark_static_address(buffer)  # or the graph would copy them in and out
-        self.caches[batch].length = 0
-        return self.caches[batch]
+        self.current[batch] = dataclasses.replace(self.caches[batch], length=0)
+        return self.current[batch]
 
     def _compiled(self, idx: torch.Tensor, *args):
         batch = idx.shape[0]
