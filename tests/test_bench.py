@@ -52,7 +52,6 @@ def test_asking_for_a_gpu_without_one_is_one_clear_error(tmp_path):
     assert "--device cuda: this machine has no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
-
 def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's exit status may never be collected here)."""
     try:

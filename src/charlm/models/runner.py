@@ -23,8 +23,8 @@ class TorchRunner:
     compile=True compiles the one-new-character cached step (models with a `step` method: the GPT):
     on CPU with a frozen copy of the weights, on a GPU as a CUDA graph. Either way it suits a finished
     model, not one still training, generating one text (batch) at a time: a second generation of the
-    same batch size started before the first ends makes the first fail at its next step. Where compiling fails, one
-    warning says so and generation stays eager.
+    same batch size, started before the first ends, makes the first fail at its next step. Where
+    compiling fails, one warning says so and generation stays eager.
     """
 
     def __init__(self, model: nn.Module, compile: bool = False):
