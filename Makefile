@@ -23,13 +23,11 @@ train: install  ## train the tuned 0.2M GPT on Tiny Shakespeare, then print a sa
 	$(BIN)/python train.py experiment=gpt_0.2m
 	$(BIN)/python sample.py num_tokens=300
 
-test: install  ## lint, then the whole test suite
-	$(BIN)/ruff check .
+test: lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install  ## ruff's checks (the code keeps its own layout, not ruff format's)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun
