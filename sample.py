@@ -4,10 +4,10 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.cli import run_cli
-from charlm.generate import sample
+from charlm.sample import sample
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+@hydra.main(version_base="1.3", config_path="pkg://charlm.conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     run_cli(sample, cfg)
 

@@ -5,12 +5,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from charlm.cli import register_resolvers, run_cli
-from charlm.training import train
+from charlm.train import train
 
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://charlm.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     return run_cli(train, cfg, user_errors=(MisconfigurationException,))
 

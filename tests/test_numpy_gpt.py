@@ -14,10 +14,10 @@ from charlm.checkpoint import load_model
 from charlm.errors import CharLMError
 from charlm.export import export
 from charlm.export_format import read_export, write_export
+from charlm.generation import generate
 from charlm.models import build_model
-from charlm.models.runner import TorchRunner
 from charlm.numpy_gpt import NumpyGPT, load_export, random_weights
-from charlm.sampling import generate
+from charlm.torch_runner import TorchRunner
 
 CONFIGS = {
     "relu, no qkv bias": dict(activation="relu", qkv_bias=False),

@@ -7,10 +7,10 @@ import torch
 from conftest import run_script
 
 from charlm.checkpoint import load_model
+from charlm.generation import generate
+from charlm.int8 import Int8Conv1d, Int8Linear, quantize_model, quantize_weight
 from charlm.models import build_model
-from charlm.models.runner import TorchRunner
-from charlm.quantize import Int8Conv1d, Int8Linear, quantize_model, quantize_weight
-from charlm.sampling import generate
+from charlm.torch_runner import TorchRunner
 
 
 def test_per_channel_rounding_error_is_at_most_half_a_step():

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from charlm.callbacks import GracefulInterrupt
 from charlm.errors import CharLMError
-from charlm.lit import LanguageModel
+from charlm.lightning_module import LanguageModel
 
 # Dropout on, so resuming must restore random states too; a fixed decay horizon, so a run may stop
 # (max_steps) earlier than another without changing the learning-rate schedule.
@@ -76,7 +76,7 @@ def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_pa
 
 WRITER = """
 import sys, torch
-from charlm.training import AtomicCheckpointIO
+from charlm.trainer import AtomicCheckpointIO
 io, path, i = AtomicCheckpointIO(), sys.argv[1], 0
 while True:
     i += 1

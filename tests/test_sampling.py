@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from charlm.generation import generate, pick_next
 from charlm.models import build_model
-from charlm.models.runner import TorchRunner
-from charlm.sampling import generate, pick_next
+from charlm.torch_runner import TorchRunner
 
 # The CUDA cases run only where a GPU is visible (never in CI); they check the same promises there.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

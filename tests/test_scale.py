@@ -138,7 +138,8 @@ def test_gradient_clipping_works_with_the_fused_adamw_used_on_gpus(precision, fu
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     from charlm.data import CharDataModule
-    from charlm.lit import LanguageModel, make_optimizer
+    from charlm.lightning_module import LanguageModel
+    from charlm.recipe import make_optimizer
 
     clip, norms = 1e-3, []
 

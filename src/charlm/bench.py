@@ -9,6 +9,7 @@ depend on them). Every figure is a median over many steps after warm-up.
 """
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -19,16 +20,27 @@ import statistics
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from charlm.cli import register_resolvers, run_cli
+from charlm.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
 from charlm.errors import CharLMError
+from charlm.generation import generate
+from charlm.lightning_module import LanguageModel
 from charlm.models import build_model, count_parameters
-from charlm.models.runner import TorchRunner
-from charlm.sampling import generate
+from charlm.numpy_gpt import NumpyGPT
+from charlm.recipe import make_optimizer, next_token_loss
+from charlm.run_config import prepare_run_config
+from charlm.torch_runner import TorchRunner
+from charlm.trainer import build_trainer
 
 TRAINING_CASES = [
     "gpt_0.2m",
@@ -38,21 +50,19 @@ TRAINING_CASES = [
 ]
 
 VOCAB_SIZE = 65
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(str(resources.files("charlm") / "conf"))  # the installed package's config, as train.py reads it
 
 
 def preset_config(name: str, *overrides: str):
     """Compose the training config of an experiment preset, as `train.py experiment=NAME` would."""
-    from hydra import compose, initialize_config_dir
-
-    from charlm.cli import register_resolvers
-
     register_resolvers()
     if not (CONF / "experiment" / f"{name}.yaml").is_file():
         known = ", ".join(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
         raise CharLMError(f"unknown preset {name!r}; presets: {known}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={name}", *overrides])
+        cfg = compose(config_name="config", overrides=[f"experiment={name}", *overrides])
+    prepare_run_config(cfg, overrides)  # as train.py does: copies handed to their owners, values checked
+    return cfg
 
 
 def case_config(case: str, *extra: str):
@@ -104,8 +114,6 @@ class StepTimer:
     forward, backward, optimizer, logging and progress bar all included."""
 
     def __init__(self):
-        import lightning as L
-
         class _Callback(L.Callback):
             def on_train_batch_end(inner, *args, **kwargs):
                 if torch.cuda.is_available():
@@ -122,8 +130,6 @@ class StepTimer:
 def maybe_compile(cfg, model: torch.nn.Module) -> None:
     """compile=true in a case ("gpt_2.7m compile=true") compiles the model as a training run does."""
     if cfg.compile:
-        from charlm.training import compile_model, training_device
-
         example = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=training_device(cfg))
         compile_model(model, example, cfg.trainer.precision)
 
@@ -131,11 +137,6 @@ def maybe_compile(cfg, model: torch.nn.Module) -> None:
 def lightning_steps(cfg, steps: int) -> list[float]:
     """Step times of the real Lightning loop: the run's own trainer, logger and callbacks
     (progress bar, LR monitor, model summary), without validation and checkpoints."""
-    from hydra.utils import instantiate
-
-    from charlm.lit import LanguageModel
-    from charlm.training import build_trainer
-
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     module = LanguageModel(OmegaConf.to_container(cfg.model, resolve=True), datamodule.vocab.chars,
@@ -155,11 +156,6 @@ def lightning_steps(cfg, steps: int) -> list[float]:
 def bare_steps(cfg, steps: int) -> list[float]:
     """Step times of a plain PyTorch loop doing the same work: same data loader, model, AdamW,
     schedule, gradient clipping and mixed precision; no Lightning."""
-    from hydra.utils import instantiate
-
-    from charlm.lit import make_optimizer, next_token_loss
-    from charlm.training import autocast, training_device
-
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=len(datamodule.vocab))
@@ -194,12 +190,10 @@ def bare_steps(cfg, steps: int) -> list[float]:
 
 def training_case(case: str, steps: int, threads: int | None, rounds: int) -> dict:
     """One benchmark case, run in a fresh process (see bench_training) so peak memory is its own."""
-    from charlm.training import mixed_dtype, use_fast_kernels
-
     if threads:
         torch.set_num_threads(threads)
     cfg = case_config(case, f"max_steps={steps}")
-    use_fast_kernels(cfg)
+    use_fast_kernels(cfg.threads)
     # Mixed precision multiplies in half precision, so its peak is the half-precision one.
     peak_dtype = mixed_dtype(cfg.trainer.precision) or torch.float32
     warmup = max(3, steps // 10)
@@ -260,8 +254,6 @@ def bench_generation(presets: list[str], tokens: int, batches: list[int], repeat
                      numpy_too: bool = False, compile_too: bool = False, device: str = "cpu") -> list[dict]:
     """Torch on `device`; with compile_too also torch with a compiled cached step (GPT presets); with
     numpy_too the NumPy engine on the same weights (GPT presets; always the CPU)."""
-    from charlm.numpy_gpt import NumpyGPT
-
     rows = []
     for name in presets:
         model = preset_model(name).to(device).eval()
@@ -270,7 +262,8 @@ def bench_generation(presets: list[str], tokens: int, batches: list[int], repeat
             runners.append(("torch+compile", TorchRunner(model, compile=True)))
         if numpy_too and name.startswith("gpt"):
             weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-            runners.append(("numpy", NumpyGPT(dict(model.config.__dict__), weights)))
+            config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "vocab_size"}
+            runners.append(("numpy", NumpyGPT(config, weights)))
         eager_recompute = {}
         for backend, runner in runners:
             for batch in batches:
@@ -384,6 +377,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from charlm.cli import run_cli
-
     run_cli(main, sys.argv[1:])

@@ -1,5 +1,5 @@
-"""Training callbacks of our own: a text sample in TensorBoard at every validation, and Ctrl-C
-that saves before it stops."""
+"""Training callbacks of our own: a validation at the last step, a text sample in TensorBoard at every
+validation, and Ctrl-C that saves before it stops."""
 
 import signal
 from pathlib import Path
@@ -10,8 +10,19 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from charlm.errors import CharLMError
-from charlm.models.runner import TorchRunner
-from charlm.sampling import sample_text
+from charlm.generation import sample_text
+from charlm.torch_runner import TorchRunner
+
+
+class FinalValidation(L.Callback):
+    """Ends every run that reaches max_steps with a validation, and so with last.ckpt and a best
+    checkpoint, even when max_steps is not a multiple of the validation interval. Lightning validates
+    when a step sets `should_stop` (as max_time, early stopping and Ctrl-C do), but not when the step
+    count runs out; asking it to stop at the last step makes that case the same."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
 
 class TextSampleCallback(L.Callback):

@@ -1,6 +1,6 @@
 """The one place that reads checkpoints. It needs no Lightning: sampling and export load plain tensors.
 
-(Writing is Lightning's, made atomic by `charlm.training.AtomicCheckpointIO`.)
+(Writing is Lightning's, made atomic by `charlm.trainer.AtomicCheckpointIO`.)
 """
 
 from dataclasses import dataclass
@@ -11,17 +11,17 @@ from torch import nn
 
 from charlm.errors import CharLMError
 from charlm.export_format import read_export
+from charlm.int8 import quantize_model
 from charlm.models import build_model
 from charlm.vocab import Vocabulary
 
-RUNS_DIR = Path("outputs/runs")
 
-
-def newest_run(holding: str = "checkpoints") -> Path:
-    """The most recently changed run folder under outputs/runs that holds `holding`."""
-    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / holding).exists()), key=lambda p: p.stat().st_mtime)
+def newest_run(runs_dir: Path, holding: str = "checkpoints") -> Path:
+    """The most recently changed run folder under `runs_dir` (<paths.root>/runs) that holds `holding`."""
+    runs_dir = Path(runs_dir)
+    runs = sorted((p for p in runs_dir.glob("*") if (p / holding).exists()), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise CharLMError(f"no run under {RUNS_DIR} has {holding}; train one with `python train.py` or name it")
+        raise CharLMError(f"no run under {runs_dir} has {holding}; train one with `python train.py` or name it")
     return runs[-1]
 
 
@@ -91,8 +91,6 @@ def load_model(path: str | Path) -> LoadedModel:
     vocab = Vocabulary(vocab_chars)
     model = build_model(model_config, vocab_size=len(vocab))
     if quantization is not None:
-        from charlm.quantize import quantize_model
-
         quantize_model(model, quantization["quantize_head"])
     try:
         model.load_state_dict(state)

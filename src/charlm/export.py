@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from charlm.checkpoint import find_checkpoint, load_model
+from charlm.cli import run_cli
 from charlm.errors import CharLMError
 from charlm.export_format import write_export
 
@@ -41,6 +42,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from charlm.cli import run_cli
-
     run_cli(main, sys.argv[1:])

@@ -21,69 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.atomic import atomic_write
+from charlm.checkpoint import find_checkpoint, load_model
+from charlm.cli import run_cli
+from charlm.data import read_text, split_text, validation_blocks
 from charlm.errors import CharLMError
-
-SCHEME = "int8-weight-only-per-channel"
-
-
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 values and one float scale per output channel (dim 0): weight ~ values * scale."""
-    absmax = weight.detach().abs().flatten(1).amax(dim=1).clamp(min=1e-12)
-    scale = absmax / 127.0
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    values = torch.round(weight.detach() / scale.view(shape)).clamp(-127, 127).to(torch.int8)
-    return values, scale.float()
-
-
-class Int8Weight(nn.Module):
-    """Shared part of the quantized layers: int8 weight, per-channel scale, float bias."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        values, scale = quantize_weight(layer.weight)
-        self.register_buffer("qweight", values)
-        self.register_buffer("scale", scale)
-        self.bias = layer.bias
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantized float weight, in the original layer's shape."""
-        shape = (-1,) + (1,) * (self.qweight.dim() - 1)
-        return self.qweight.float() * self.scale.view(shape)
-
-
-class Int8Linear(Int8Weight):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-
-class Int8Conv1d(Int8Weight):
-    def __init__(self, conv: nn.Conv1d):
-        super().__init__(conv)
-        self.dilation, self.padding, self.stride = conv.dilation, conv.padding, conv.stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
-
-
-def quantize_model(model: nn.Module, quantize_head: bool = False) -> nn.Module:
-    """Swap every Linear and Conv1d (the head only if asked, and never when it is tied) in place."""
-    head = getattr(model, "head", None)
-    tied = head is not None and head.weight is getattr(model, "tok_emb", nn.Embedding(1, 1)).weight
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if child is head and (tied or not quantize_head):
-                continue
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child))
-            elif isinstance(child, nn.Conv1d):
-                setattr(parent, name, Int8Conv1d(child))
-    return model
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if t.dtype != torch.bool}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+from charlm.export import export
+from charlm.generation import generate
+from charlm.int8 import SCHEME, parameter_bytes, quantize_model
+from charlm.torch_runner import TorchRunner
 
 
 def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab: str, quantize_head: bool) -> None:
@@ -98,8 +43,6 @@ def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab: str,
 
 def validation_loss(model: nn.Module, vocab, data_path: str | None, batch_size: int = 64) -> float:
     """Mean next-character loss over the whole validation split (the last 10% of the text)."""
-    from charlm.data import read_text, split_text, validation_blocks
-
     _, val_text = split_text(read_text(data_path), 0.9)
     inputs, targets = validation_blocks(torch.tensor(vocab.encode(val_text)), model.block_size)
     total, count = 0.0, 0
@@ -113,9 +56,6 @@ def validation_loss(model: nn.Module, vocab, data_path: str | None, batch_size: 
 
 
 def generation_speed(model: nn.Module, tokens: int = 300) -> float:
-    from charlm.models.runner import TorchRunner
-    from charlm.sampling import generate
-
     runner = TorchRunner(model)
     prompt = np.zeros((1, 1), dtype=np.int64)
     rates = []
@@ -128,9 +68,6 @@ def generation_speed(model: nn.Module, tokens: int = 300) -> float:
 
 
 def main(argv: list[str]) -> None:
-    from charlm.checkpoint import find_checkpoint, load_model
-    from charlm.export import export
-
     parser = argparse.ArgumentParser(prog="python -m charlm.quantize", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .ckpt file or a run folder (its best checkpoint)")
     parser.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, .int8.pt)")
@@ -164,6 +101,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from charlm.cli import run_cli
-
     run_cli(main, sys.argv[1:])

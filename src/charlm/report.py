@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from charlm.cli import run_cli
 from charlm.errors import CharLMError
 
 # (summary key, column title, format for the Markdown table)
@@ -124,6 +125,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from charlm.cli import run_cli
-
     run_cli(main, sys.argv[1:])

@@ -14,40 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.models.config import check_config
-
-
-@dataclass
-class CNNConfig:
-    vocab_size: int = 65
-    embedding_dim: int = 64
-    hidden_dim: int = 64  # must equal embedding_dim: the residual adds block input and output
-    num_layers: int = 6
-    kernel_size: int = 3
-    max_seq_len: int = 32  # longest sequence the position table covers
-    dilation_cycle: int = 0  # 0: dilations 1, 2, 4, ... per layer; k > 0: 1, 2, ..., 2^(k-1), then again
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        if self.dilation_cycle == 0:  # 0 is allowed here though check_config wants positive ints
-            self.dilation_cycle = self.num_layers
-        check_config(self, "CNN")
-        if self.hidden_dim != self.embedding_dim:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must equal embedding_dim ({self.embedding_dim}) "
-                "for the residual connections"
-            )
-        if self.kernel_size < 2:
-            raise ValueError(f"kernel_size must be at least 2, got {self.kernel_size}")
-
-    @property
-    def dilations(self) -> list[int]:
-        return [2 ** (i % self.dilation_cycle) for i in range(self.num_layers)]
-
-    @property
-    def receptive_field(self) -> int:
-        """How many characters (the current one included) one output can see."""
-        return 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
+from charlm.model_config import CNNConfig
 
 
 @dataclass

@@ -13,36 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.models.config import check_config
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 65
-    block_size: int = 32  # longest context the position table covers
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 64
-    dropout: float = 0.0
-    activation: str = "gelu"  # "gelu" or "relu"
-    bias: bool = True  # biases in linear layers and LayerNorms
-    qkv_bias: bool = True  # bias on the query/key/value projection (off in the published 0.2M GPT)
-    tie_weights: bool = False  # share the token embedding with the output projection
-    pos_encoding: str = "learned"  # "learned" table, fixed "sinusoidal" encoding, or "rope" (rotary, in attention)
-    init: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections; "xavier": Glorot uniform
-    norm: str = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (the original transformer)
-
-    def __post_init__(self):
-        check_config(self, "GPT")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"pos_encoding=rope needs an even head size, got {self.n_embd // self.n_head}")
-        for name, allowed in [("activation", ACTIVATIONS), ("pos_encoding", ("learned", "sinusoidal", "rope")),
-                              ("init", ("gpt2", "xavier")), ("norm", ("pre", "post"))]:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
-
+from charlm.model_config import GPTConfig
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 

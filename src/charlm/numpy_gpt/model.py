@@ -5,9 +5,11 @@ same logits to within float32 rounding. It also serves as a runner for `charlm.s
 """
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 
+from charlm.model_config import GPTConfig, model_settings
 from charlm.numpy_gpt.attention import KeyValueCache
 from charlm.numpy_gpt.block import DecoderBlock
 from charlm.numpy_gpt.feedforward import dropout, linear
@@ -19,12 +21,14 @@ class NumpyGPT:
     has_cache = True
 
     def __init__(self, config: dict, weights: dict[str, np.ndarray]):
-        self.config = config
-        self.block_size = config["block_size"]
-        self.n_layer, self.n_head, self.n_embd = config["n_layer"], config["n_head"], config["n_embd"]
-        self.dropout_p = config.get("dropout", 0.0)
+        """`config`: the torch GPT's config dict (as saved in checkpoints); defaults come from GPTConfig."""
         self.tok_emb = weights["tok_emb.weight"]  # (V, C)
-        encoding = config.get("pos_encoding", "learned")
+        settings = model_settings({"name": "gpt", **config}, vocab_size=self.tok_emb.shape[0])
+        self.config = asdict(settings)
+        self.block_size = settings.block_size
+        self.n_layer, self.n_head, self.n_embd = settings.n_layer, settings.n_head, settings.n_embd
+        self.dropout_p = settings.dropout
+        encoding = settings.pos_encoding
         self.positions, self.rotary = None, None
         if encoding == "learned":
             self.positions = PositionalEncoding(weights["pos_emb.weight"])
@@ -32,12 +36,10 @@ class NumpyGPT:
             self.positions = PositionalEncoding(sinusoidal_encoding(self.block_size, self.n_embd))
         else:  # rope
             self.rotary = rotary_tables(self.block_size, self.n_embd // self.n_head)
-        activation = config.get("activation", "gelu")
-        norm = config.get("norm", "pre")
-        self.blocks = [DecoderBlock(weights, f"blocks.{i}", self.n_head, activation, self.dropout_p, norm)
-                       for i in range(self.n_layer)]
+        self.blocks = [DecoderBlock(weights, f"blocks.{i}", self.n_head, settings.activation, self.dropout_p,
+                                    settings.norm) for i in range(self.n_layer)]
         self.ln_f = LayerNorm(weights["ln_f.weight"], weights.get("ln_f.bias"))
-        self.head_w = self.tok_emb if config.get("tie_weights") else weights["head.weight"]  # (V, C)
+        self.head_w = self.tok_emb if settings.tie_weights else weights["head.weight"]  # (V, C)
         self.head_b = weights.get("head.bias")
 
     def forward(self, ids: np.ndarray, cache: KeyValueCache | None = None,
@@ -73,8 +75,9 @@ def random_weights(config: dict, vocab_size: int, init: str = "gpt2", seed: int 
     """Fresh weights in the torch GPT's layout: "gpt2" (normal 0.02, residual projections scaled by
     1/sqrt(2 n_layer)) or "xavier" (Glorot uniform for linear layers); zero biases, unit norm gains."""
     rng = np.random.default_rng(seed)
+    config = asdict(GPTConfig(**{k: v for k, v in config.items() if k != "name"}))  # defaults filled in
     C, L = config["n_embd"], config["n_layer"]
-    bias = config.get("bias", True)
+    bias = config["bias"]
 
     def matrix(out_dim: int, in_dim: int, residual: bool = False) -> np.ndarray:
         if init == "xavier":
@@ -84,7 +87,7 @@ def random_weights(config: dict, vocab_size: int, init: str = "gpt2", seed: int 
         return (rng.standard_normal((out_dim, in_dim)) * std).astype(np.float32)
 
     weights = {"tok_emb.weight": (rng.standard_normal((vocab_size, C)) * 0.02).astype(np.float32)}
-    if config.get("pos_encoding", "learned") == "learned":
+    if config["pos_encoding"] == "learned":
         weights["pos_emb.weight"] = (rng.standard_normal((config["block_size"], C)) * 0.02).astype(np.float32)
     shapes = {"attn.qkv": (3 * C, C, False), "attn.proj": (C, C, True), "mlp.fc": (4 * C, C, False),
               "mlp.proj": (C, 4 * C, True)}
@@ -95,12 +98,12 @@ def random_weights(config: dict, vocab_size: int, init: str = "gpt2", seed: int 
                 weights[f"blocks.{i}.{norm}.bias"] = np.zeros(C, np.float32)
         for name, (out_dim, in_dim, residual) in shapes.items():
             weights[f"blocks.{i}.{name}.weight"] = matrix(out_dim, in_dim, residual)
-            if bias and (name != "attn.qkv" or config.get("qkv_bias", True)):
+            if bias and (name != "attn.qkv" or config["qkv_bias"]):
                 weights[f"blocks.{i}.{name}.bias"] = np.zeros(out_dim, np.float32)
     weights["ln_f.weight"] = np.ones(C, np.float32)
     if bias:
         weights["ln_f.bias"] = np.zeros(C, np.float32)
-    if not config.get("tie_weights"):
+    if not config["tie_weights"]:
         weights["head.weight"] = matrix(vocab_size, C)
         if bias:
             weights["head.bias"] = np.zeros(vocab_size, np.float32)

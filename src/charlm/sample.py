@@ -4,12 +4,13 @@ The NumPy backend never imports torch.
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
 from charlm.errors import CharLMError
-from charlm.sampling import generate
+from charlm.generation import generate
 
 BACKENDS = ("torch", "numpy")
 
@@ -38,17 +39,17 @@ def check_sample_config(cfg: DictConfig) -> None:
 def open_model(cfg: DictConfig):
     """(runner, vocabulary, path) for the configured backend."""
     if cfg.backend == "numpy":
-        from charlm.numpy_gpt import load_export
+        from charlm.numpy_gpt import load_export  # imported here: this backend never imports torch
 
         if cfg.ckpt is None or not str(cfg.ckpt).endswith(".npz"):
             raise CharLMError("backend=numpy runs a portable export: first `python -m charlm.export CHECKPOINT "
                               "--format npz`, then sample.py backend=numpy ckpt=FILE.npz")
         model, vocab = load_export(cfg.ckpt)
         return model, vocab, cfg.ckpt
-    from charlm.checkpoint import load_model, newest_run
-    from charlm.models.runner import TorchRunner
+    from charlm.checkpoint import load_model, newest_run  # torch: imported only for this backend
+    from charlm.torch_runner import TorchRunner
 
-    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run())
+    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
     return TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile), loaded.vocab, loaded.path
 
 

@@ -7,46 +7,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
 from charlm.errors import CharLMError
+from charlm.internals import set_plain_attribute
 from charlm.models import build_model
+from charlm.recipe import make_optimizer, next_token_loss
 from charlm.vocab import Vocabulary
-
-
-def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up to 1, cosine decay to `min_lr_ratio`, then flat."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: nn.Module, optim: dict, max_steps: int, fused: bool = False):
-    """AdamW with weight decay on matrices only (linear, conv and embedding weights), and the
-    warm-up + cosine schedule stepped per optimizer step. Shared by Lightning and the bare benchmark loop."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},  # biases, norm gains
-    ]
-    # fused on CUDA; elsewhere foreach (one kernel per group, not per tensor: ~6% faster steps for
-    # the 0.2M GPT on CPU, measured with python -m charlm.bench training).
-    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused,
-                                  foreach=not fused)
-    decay_steps = optim.get("decay_steps") or max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, optim["warmup_steps"], decay_steps, optim["min_lr_ratio"])
-    )
-    return optimizer, scheduler
-
-
-def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    inputs, targets = batch  # (B, T) each
-    logits = model(inputs)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 class LanguageModel(L.LightningModule):
@@ -64,13 +32,7 @@ class LanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def __setattr__(self, name, value):
-        # Lightning sets _current_fx_name around every hook call, about 40 times a step, and
-        # nn.Module.__setattr__ (three isinstance checks through Parameter's Python metaclass) makes
-        # that a measurable share of the 0.2M model's 12 ms CPU step. The value (a hook name or None)
-        # is never a parameter, buffer or submodule, so plain object assignment is equivalent.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
+        if not set_plain_attribute(self, name, value):  # Lightning's per-hook name, cheaply (charlm.internals)
             super().__setattr__(name, value)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

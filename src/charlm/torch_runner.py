@@ -1,4 +1,5 @@
-"""Lets the NumPy sampling loop (charlm.sampling) drive a torch model."""
+"""Lets the NumPy generation loop (charlm.generation) drive a torch model, eager or with a compiled
+one-character step that reuses its cache."""
 
 import contextlib
 import dataclasses
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from charlm.errors import describe_error
+from charlm.internals import mark_static_address
 
 # Inductor settings for a compiled one-character step on CPU. Freezing folds the weights into the
 # compiled code as constants, which lets Inductor's own C++ GEMM kernels (chosen by autotuning
@@ -36,14 +38,11 @@ class TorchRunner:
         if compile and not hasattr(model, "step"):
             say(f"warning: compile=true: {type(model).__name__} has no compilable step, generating eagerly")
         elif compile and self.device.type == "cpu":
-            self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False)
-            self.compile_options = CPU_STEP_OPTIONS
+            self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False, options=CPU_STEP_OPTIONS)
         elif compile:
             # On a GPU, launching the many small kernels of one character's step is the cost, and
-            # CUDA graphs replay them all at once: for the 10.7M on an H100, 1,648 characters/s at batch 1
-            # against 504 with the default compile.
+            # CUDA graphs replay them all at once (docs/performance.md has the gain).
             self.compiled_step = torch.compile(model.step, fullgraph=True, dynamic=False, mode="reduce-overhead")
-            self.compile_options = {}
         self.compiled_batches: set[int] = set()
         self.caches = {}  # batch size -> the cache the compiled step reuses
         self.current = {}  # batch size -> the handle on it of the one generation allowed to use it
@@ -87,7 +86,7 @@ class TorchRunner:
             self.caches[batch] = self.model.new_cache(batch)
             if self.device.type == "cuda":
                 for buffer in (*self.caches[batch].keys, *self.caches[batch].values):
-                    torch._dynamo.mark_static_address(buffer)  # or the graph would copy them in and out
+                    mark_static_address(buffer)  # or the graph would copy them in and out
         self.current[batch] = dataclasses.replace(self.caches[batch], length=0)
         return self.current[batch]
 
@@ -95,14 +94,14 @@ class TorchRunner:
         batch = idx.shape[0]
         if batch in self.compiled_batches:
             return self.compiled_step(idx, *args)
-        # A new batch size compiles a new graph: only then do the options and the quiet matter.
+        # A new batch size compiles a new graph: only then does the quiet matter.
         say(f"compiling the generation step for batch {batch} (faster once Inductor's disk cache holds it)")
         try:
-            with torch._inductor.config.patch(self.compile_options), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()):
                 logits = self.compiled_step(idx, *args)  # autotuning prints tables of kernel timings
         except Exception as err:  # compilers fail in many ways: no C++ toolchain, unsupported platform...
             self.compiled_step = None
-            torch._dynamo.reset()
+            torch.compiler.reset()
             say(f"warning: compile=true failed, generating eagerly ({describe_error(err)})")
             return self.model.step(idx, *args)
         self.compiled_batches.add(batch)

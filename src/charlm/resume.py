@@ -1,0 +1,60 @@
+"""Where a run starts from: a fresh model, an interrupted run to resume, or trained weights to fine-tune."""
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from charlm.checkpoint import LoadedModel, find_checkpoint, load_model, newest_run, read_checkpoint
+from charlm.console import say
+from charlm.errors import CharLMError
+from charlm.model_config import full_config
+
+
+def resume_file(ckpt_path: str, runs_dir: Path) -> Path:
+    """`last` (the newest run's last.ckpt), a run folder (its last.ckpt) or a checkpoint file."""
+    path = newest_run(runs_dir, "checkpoints/last.ckpt") if ckpt_path == "last" else Path(ckpt_path).expanduser()
+    last = path / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else find_checkpoint(path)
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/x.ckpt), if it is laid out so."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict, vocab: str) -> tuple[Path | None, int]:
+    """Resolve `ckpt_path` and check the checkpoint fits this model and vocabulary.
+
+    Returns the checkpoint file (None for a fresh run) and the step it was saved at.
+    """
+    if ckpt_path is None:
+        return None, 0
+    file = resume_file(ckpt_path, runs_dir)
+    checkpoint = read_checkpoint(file)
+    saved = checkpoint["hyper_parameters"]
+    if saved["vocab"] != vocab:
+        raise CharLMError(f"cannot resume from {file}: it was trained on a different vocabulary (other data)")
+    there, here = full_config(saved["model"]), full_config(model_config)
+    if there != here:
+        changed = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+        diffs = ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in changed)
+        raise CharLMError(f"cannot resume from {file}: its model differs ({diffs})")
+    return file, int(checkpoint.get("global_step", 0))
+
+
+def fine_tune_source(cfg: DictConfig) -> tuple[LoadedModel, dict]:
+    """The checkpoint to fine-tune from, and the model config to train: the checkpoint's, with the
+    current dropout. Its vocabulary is kept, so text with other characters is rejected. The run's
+    block_size becomes the checkpoint's, so the data, compile and the summary all use it."""
+    if cfg.ckpt_path is not None:
+        raise CharLMError("give init_from (start a new run from trained weights) or ckpt_path (resume a run), not both")
+    init = load_model(cfg.init_from)
+    if init.quantization is not None:
+        raise CharLMError(f"cannot fine-tune a quantized checkpoint: {init.path}; use the float checkpoint")
+    config = dict(init.model_config)
+    if "dropout" in config:
+        config["dropout"] = cfg.dropout
+    cfg.block_size = init.model.block_size
+    say(f"fine-tuning {init.path}: its model ({config['name']}, block_size {cfg.block_size}) and vocabulary "
+        f"({len(init.vocab)} characters); size knobs on the command line are ignored")
+    return init, config
