@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 from charlm.cli import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "charlm" / "conf"
 
 # A model small enough that a CLI run of a few dozen steps takes seconds.
 TINY = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "data.eval_batch_size=1024",
@@ -23,6 +25,44 @@ def user_facing_errors():
     saved = {name: os.environ.pop(name) for name in ("CHARLM_DEBUG", "HYDRA_FULL_ERROR") if name in os.environ}
     yield
     os.environ.update(saved)
+
+
+def compose_run(run_dir: Path, *overrides: str):
+    """The config `python train.py OVERRIDES hydra.run.dir=RUN_DIR` runs with, Hydra's part included and
+    set as the current Hydra config (as Hydra sets it for a job)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def train_in_process(run_dir: Path, *overrides: str) -> float:
+    """Train in this process as `python train.py OVERRIDES hydra.run.dir=RUN_DIR` would, without a
+    Lightning start-up per run; the process's thread count and Hydra state are left as they were."""
+    import torch
+
+    from charlm.train import train
+
+    threads = torch.get_num_threads()
+    try:
+        return train(compose_run(Path(run_dir), *overrides))
+    finally:
+        torch.set_num_threads(threads)
+        HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
+def train_here(tmp_path):
+    """train_in_process into tmp_path / "run" unless run_dir says otherwise; returns (best loss, run folder)."""
+
+    def _train(*overrides: str, run_dir: Path | None = None):
+        run_dir = Path(run_dir or tmp_path / "run")
+        return train_in_process(run_dir, *overrides), run_dir
+
+    return _train
 
 
 @pytest.fixture

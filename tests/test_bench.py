@@ -20,7 +20,7 @@ def test_generation_benchmark_writes_markdown_and_json(tmp_path):
         ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch", 2), ("gpt_0.2m", "torch+compile", 1),
         ("gpt_0.2m", "torch+compile", 2), ("gpt_0.2m", "numpy", 1), ("gpt_0.2m", "numpy", 2),
         ("cnn_0.2m", "torch", 1), ("cnn_0.2m", "torch", 2)]  # the CNN has no compiled step
-    assert all(r["cached_tokens_per_s"] > 0 and r["recompute_tokens_per_s"] > 0 for r in rows)
+    assert all(r["speedup"] == pytest.approx(r["cached_tokens_per_s"] / r["recompute_tokens_per_s"]) for r in rows)
     assert all((r["compile_s"] > 0) if r["backend"] == "torch+compile" else r["compile_s"] == "-" for r in rows)
     assert "warning" not in result.stderr  # it compiled rather than falling back
     assert "| gpt_0.2m | torch | cpu | 208,145 | 1 | 40 |" in (tmp_path / "generation.md").read_text()
@@ -41,7 +41,11 @@ def test_training_benchmark_times_both_loops(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     [row] = json.loads((tmp_path / "training.json").read_text())["rows"]
     assert row["case"] == case and row["tokens_per_step"] == 16 * 32
-    assert row["bare_ms_per_step"] > 0 and row["lightning_ms_per_step"] > 0 and 0 < row["mfu_lightning"] < 1
+    step_s = row["lightning_ms_per_step"] / 1e3
+    assert row["lightning_over_bare"] == pytest.approx(row["bare_ms_per_step"] / row["lightning_ms_per_step"])
+    assert row["lightning_tokens_per_s"] == pytest.approx(16 * 32 / step_s)
+    assert row["mfu_lightning"] == pytest.approx(row["model_gflop_per_step"] / step_s / row["peak_gflop_per_s"])
+    assert 0 < row["mfu_lightning"] < 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -2,14 +2,20 @@
 
 import csv
 import json
-import re
+import logging
+import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY, run_script
+from conftest import CONF, TINY, run_script
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charlm.errors import CharLMError
+from charlm.sample import sample
 
 
 def test_training_writes_checkpoints_config_and_tensorboard(trained_run):
@@ -23,7 +29,12 @@ def test_training_writes_checkpoints_config_and_tensorboard(trained_run):
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert {"train/loss", "val/loss", "val/bpc"} <= set(scalars)
-    assert any(tag.startswith("lr-") for tag in scalars)
+    # the learning-rate monitor logs the schedule on logging steps: step k (0-based) is k+1 of 100+1 warm-up steps
+    [lr_tag, *_] = sorted(tag for tag in scalars if tag.startswith("lr-"))
+    lrs = {e.step: e.value for e in events.Scalars(lr_tag)}
+    assert lrs == pytest.approx({9: 1e-3 * 10 / 101, 19: 1e-3 * 20 / 101, 29: 1e-3 * 30 / 101, 39: 1e-3 * 40 / 101})
+    bpc = [e.value for e in events.Scalars("val/bpc")]
+    assert bpc == pytest.approx([e.value / math.log(2) for e in events.Scalars("val/loss")])
     val_steps = [e.step for e in events.Scalars("val/loss")]
     assert val_steps == [19, 39]  # a validation every 20 steps
     samples = events.Tensors("sample/text_summary")
@@ -37,8 +48,11 @@ def test_checkpoint_carries_everything_sampling_needs(trained_run):
     assert hparams["model"]["n_embd"] == 16 and hparams["model"]["name"] == "gpt"
     assert len(hparams["vocab"]) == 65
     assert ckpt["global_step"] == 40
-    bpc = ckpt["callbacks"]
-    assert any("ModelCheckpoint" in key for key in bpc)
+    # the best-checkpoint callback's state travels too (resume keeps the true best): score and file
+    [best] = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint") and "val/loss" in k]
+    [best_file] = (trained_run / "checkpoints").glob("best-*.ckpt")
+    assert Path(best["best_model_path"]) == best_file
+    assert f"val{float(best['best_model_score']):.4f}" in best_file.name
 
 
 def test_sample_streams_text_from_a_run_folder(trained_run, tmp_path):
@@ -78,12 +92,10 @@ def test_compiled_sampling_writes_the_eager_text_and_falls_back_without_a_compil
     assert fallback.stdout == eager.stdout
 
 
-def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path):
+def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path, train_here):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # leave the shared run untouched
-    result = run_script("train.py", *TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={run}",
-                        f"hydra.run.dir={tmp_path / 'resume-log'}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_here(*TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={run}", run_dir=tmp_path / "resume-log")
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 60
     newest_events = sorted((run / "tb").glob("events.out.tfevents.*"))[-1]
@@ -92,12 +104,9 @@ def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run,
     assert [e.step for e in events.Scalars("val/loss")] == [59]  # only the steps after 40 were trained
 
 
-def test_resume_rejects_a_checkpoint_of_another_model(trained_run, tmp_path):
-    result = run_script("train.py", *TINY, "n_layer=2", "max_steps=60", f"ckpt_path={trained_run}",
-                        f"hydra.run.dir={tmp_path / 'x'}")
-    assert result.returncode == 2
-    assert "its model differs (n_layer: 1 there, 2 here)" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_resume_rejects_a_checkpoint_of_another_model(trained_run, train_here):
+    with pytest.raises(CharLMError, match=r"its model differs \(n_layer: 1 there, 2 here\)"):
+        train_here(*TINY, "n_layer=2", "max_steps=60", f"ckpt_path={trained_run}")
 
 
 def write(path, data: bytes):
@@ -118,14 +127,12 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", BAD_DATA, ids=list(BAD_DATA))
-def test_bad_data_gets_one_clear_error_line(case, tmp_path):
+def test_bad_data_gets_one_clear_error(case, tmp_path, train_here):
+    """Each is a CharLMError, which the entry point prints as one line (test_reliability checks that)."""
     make_path, message = BAD_DATA[case]
-    result = run_script("train.py", *TINY, "max_steps=5", f"data.path={make_path(tmp_path)}",
-                        f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert re.search(message, result.stderr), result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().count("\n") == 0  # one line
+    with pytest.raises(CharLMError, match=message) as caught:
+        train_here(*TINY, "max_steps=5", f"data.path={make_path(tmp_path)}")
+    assert "\n" not in str(caught.value)
 
 
 BAD_SAMPLING = {
@@ -137,15 +144,18 @@ BAD_SAMPLING = {
 }
 
 
+def compose_sample(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="sample", overrides=list(overrides))
+
+
 @pytest.mark.parametrize("case", BAD_SAMPLING, ids=list(BAD_SAMPLING))
-def test_bad_sampling_input_gets_one_clear_error_line(case, trained_run):
+def test_bad_sampling_input_gets_one_clear_error(case, trained_run):
     args, message = BAD_SAMPLING[case]
     if not any(a.startswith("ckpt=") for a in args):
         args = [f"ckpt={trained_run}", *args]
-    result = run_script("sample.py", *args)
-    assert result.returncode == 2
-    assert re.search(message, result.stderr), result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(CharLMError, match=message):
+        sample(compose_sample(*args))
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncate"], ids=["empty", "text", "truncated"])
@@ -154,9 +164,8 @@ def test_corrupt_checkpoints_are_rejected(content, trained_run, tmp_path):
     if content == "truncate":
         content = (trained_run / "checkpoints" / "last.ckpt").read_bytes()[:5000]
     bad.write_bytes(content)
-    result = run_script("sample.py", f"ckpt={bad}")
-    assert result.returncode == 2
-    assert "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(CharLMError, match="not a readable checkpoint"):
+        sample(compose_sample(f"ckpt={bad}"))
 
 
 @pytest.mark.parametrize(
@@ -168,11 +177,9 @@ def test_corrupt_checkpoints_are_rejected(content, trained_run, tmp_path):
         ("dropout=1.5", r"dropout must be in \[0, 1\)"),
     ],
 )
-def test_impossible_config_gets_one_clear_error_line(override, expected, tmp_path):
-    result = run_script("train.py", override, f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert re.search(expected, result.stderr), result.stderr
-    assert "Traceback" not in result.stderr
+def test_impossible_config_gets_one_clear_error(override, expected, train_here):
+    with pytest.raises(CharLMError, match=expected):
+        train_here(override)
 
 
 def test_misspelled_key_is_rejected_by_hydra(tmp_path):
@@ -200,7 +207,10 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
     assert [row["model"] for row in rows] == ["cnn", "gpt"]
     for row in rows:
         assert row["status"] == "finished" and int(row["steps"]) == 20 and int(row["tokens"]) == 20 * 16 * 16
-        assert 0 < float(row["best_val_loss"]) < 5 and float(row["tokens_per_s"]) > 0
+        summary = json.loads((tmp_path / row["run"] / "summary.json").read_text())
+        assert float(row["best_val_loss"]) == pytest.approx(summary["best_val_loss"], abs=1e-9)
+        assert summary["best_val_loss"] < math.log(65)  # better than guessing
+        assert float(row["tokens_per_s"]) * float(row["wall_time_s"]) == pytest.approx(20 * 16 * 16, rel=1e-6)
     assert (tmp_path / "val_loss.png").stat().st_size > 10_000
     assert "| cnn |" in (tmp_path / "report.md").read_text()
 
@@ -229,53 +239,29 @@ def test_optuna_search_gets_each_trials_best_val_loss(tmp_path):
     assert best["best_value"] == pytest.approx(min(float(row["best_val_loss"]) for row in rows), abs=1e-6)
 
 
-def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_vocabulary(trained_run, tmp_path):
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_vocabulary(trained_run, tmp_path, train_here, capsys):
     corpus = tmp_path / "sonnet.txt"
     corpus.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 60)
-    result = run_script("train.py", *TINY, f"init_from={trained_run}", f"data.path={corpus}", "lr=1e-9",
-                        "optimizer.warmup_steps=0", "max_steps=10", "eval_interval=10",
-                        f"hydra.run.dir={tmp_path / 'ft'}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "fine-tuning" in result.stdout
-    tuned = torch.load(tmp_path / "ft" / "checkpoints" / "last.ckpt", weights_only=True)
+    _, tuned_run = train_here(*TINY, f"init_from={trained_run}", f"data.path={corpus}", "lr=1e-9",
+                              "optimizer.warmup_steps=0", "max_steps=10", "eval_interval=10")
+    assert "fine-tuning" in capsys.readouterr().out
+    tuned = torch.load(tuned_run / "checkpoints" / "last.ckpt", weights_only=True)
     source = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert tuned["hyper_parameters"]["vocab"] == source["hyper_parameters"]["vocab"]  # 65 characters, not the sonnet's
     for key, value in source["state_dict"].items():  # lr 1e-9: the weights are still the checkpoint's
         torch.testing.assert_close(tuned["state_dict"][key], value, atol=1e-5, rtol=0)
 
 
-def test_fine_tuning_on_text_with_unknown_characters_lists_them(trained_run, tmp_path):
+def test_fine_tuning_on_text_with_unknown_characters_lists_them(trained_run, tmp_path, train_here):
     corpus = tmp_path / "prices.txt"
     corpus.write_text("The price is 5€ {approx} and ~~ more.\n" * 100)
-    result = run_script("train.py", *TINY, f"init_from={trained_run}", f"data.path={corpus}",
-                        f"hydra.run.dir={tmp_path / 'ft'}")
-    assert result.returncode == 2
-    assert f"{corpus} has characters the model's vocabulary lacks: '5', '{{', '}}', '~', '€'" in result.stderr
+    with pytest.raises(CharLMError) as caught:
+        train_here(*TINY, f"init_from={trained_run}", f"data.path={corpus}")
+    assert str(caught.value) == f"{corpus} has characters the model's vocabulary lacks: '5', '{{', '}}', '~', '€'"
 
 
-def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
-    result = run_script("train.py", *TINY, "lr=1e-12", "max_steps=200", "eval_interval=5",
-                        "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=0.001",
-                        f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "stopped early" and summary["steps"] == 15  # checks at 5, 10, 15: no gain after 5
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-
-
-def test_max_time_ends_a_run_at_its_wall_clock_budget(tmp_path):
-    result = run_script("train.py", *TINY, "max_time=00:00:00:03", "max_steps=1000000", "eval_interval=100",
-                        f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "stopped early" and 0 < summary["steps"] < 1_000_000
-    assert summary["wall_time_s"] < 60
-
-
-def test_profiler_knob_prints_lightning_hook_timings(tmp_path):
+def test_profiler_knob_prints_lightning_hook_timings(train_here, caplog):
     """trainer.profiler=simple swaps our no-op profiler for Lightning's timing one."""
-    args = [*TINY, "max_steps=10", "eval_interval=10", f"hydra.run.dir={tmp_path}"]
-    profiled = run_script("train.py", *args, "trainer.profiler=simple")
-    assert profiled.returncode == 0, profiled.stderr[-3000:]
-    assert "FIT Profiler Report" in profiled.stdout + profiled.stderr
-    assert "run_training_batch" in profiled.stdout + profiled.stderr
+    caplog.set_level(logging.INFO)
+    train_here(*TINY, "max_steps=10", "eval_interval=10", "trainer.profiler=simple")
+    assert "FIT Profiler Report" in caplog.text and "run_training_batch" in caplog.text

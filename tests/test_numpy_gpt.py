@@ -126,7 +126,11 @@ def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):
 def test_export_command_and_its_errors(trained_run, tmp_path):
     result = subprocess.run([sys.executable, "-m", "charlm.export", str(trained_run), "--out", str(tmp_path / "m.npz")],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and (tmp_path / "m.npz").is_file()
+    assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "m.npz")
+    meta, arrays = read_export(tmp_path / "m.npz")
+    loaded = load_model(trained_run)
+    assert meta["vocab"] == loaded.vocab.chars and meta["model"] == loaded.model_config
+    assert arrays.keys() == loaded.model.state_dict().keys()
     for args, message in [
         ([str(trained_run), "--format", "onnx"], "unknown export format 'onnx'; supported: npz"),
         ([str(tmp_path / "missing.ckpt")], "checkpoint not found"),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, run_script, train_in_process
 
 from charlm.checkpoint import model_state
 
@@ -27,19 +27,24 @@ def read_run(run_dir):
 
 
 def train(tmp_path, name, *args):
+    """A real command-line run: for what only a process shows (DDP launches, environment variables)."""
     run_dir = tmp_path / name
     result = run_script("train.py", *RUN, f"hydra.run.dir={run_dir}", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result, *read_run(run_dir)
 
 
+def train_here(tmp_path, name, *args):
+    """The same run in this process."""
+    train_in_process(tmp_path / name, *RUN, *args)
+    return read_run(tmp_path / name)
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference for data parallelism: one CPU process (the DDP runs are gloo on CPU, also on a
     machine with a GPU) with the whole global batch of 16."""
-    _, summary, weights = train(tmp_path_factory.mktemp("single"), "single", "trainer=cpu", "batch_size=16",
-                                "threads=1")
-    return summary, weights
+    return train_here(tmp_path_factory.mktemp("single"), "single", "trainer=cpu", "batch_size=16", "threads=1")
 
 
 def assert_trains_like_one_process(run, one_process):
@@ -103,8 +108,8 @@ def test_slurm_tasks_run_ddp_that_matches_one_process(tmp_path, one_process):
 @pytest.mark.parametrize("model", ["gpt", "cnn"])
 def test_bf16_mixed_precision_trains_both_models(tmp_path, model):
     fast = [f"model={model}", "optimizer.warmup_steps=3", "lr=3e-3"]
-    _, fp32, _ = train(tmp_path, "fp32", *fast)
-    _, bf16, weights = train(tmp_path, "bf16", *fast, "trainer.precision=bf16-mixed")
+    fp32, _ = train_here(tmp_path, "fp32", *fast)
+    bf16, weights = train_here(tmp_path, "bf16", *fast, "trainer.precision=bf16-mixed")
     assert bf16["steps"] == 30
     assert bf16["best_val_loss"] < math.log(65) - 0.5  # it learns
     assert bf16["best_val_loss"] == pytest.approx(fp32["best_val_loss"], abs=0.05)  # about as well as fp32
@@ -112,10 +117,10 @@ def test_bf16_mixed_precision_trains_both_models(tmp_path, model):
 
 
 @pytest.mark.slow
-def test_compile_trains_the_same_as_eager(tmp_path):
-    _, eager, eager_weights = train(tmp_path, "eager")
-    result, compiled, compiled_weights = train(tmp_path, "compiled", "compile=true")
-    assert "compiled the model with torch.compile" in result.stdout
+def test_compile_trains_the_same_as_eager(tmp_path, capsys):
+    eager, eager_weights = train_here(tmp_path, "eager")
+    compiled, compiled_weights = train_here(tmp_path, "compiled", "compile=true")
+    assert "compiled the model with torch.compile" in capsys.readouterr().out
     assert compiled_weights.keys() == eager_weights.keys()  # no _orig_mod. prefix in checkpoints
     assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-4)
 

@@ -34,6 +34,8 @@ def find_runs(folder: Path) -> list[Path]:
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
+    # tensorboard and matplotlib load only when a report is written: every train.py run loads this
+    # module, because SweepReport is a Hydra callback.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
@@ -82,7 +84,7 @@ def write_report(folder: str | Path) -> list[Path]:
         writer.writerows(rows)
 
     plot = root / "val_loss.png"
-    import matplotlib
+    import matplotlib  # see validation_curve: loaded only here
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

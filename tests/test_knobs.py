@@ -1,0 +1,126 @@
+"""One owner per knob, one source of model defaults, and every run ending validated and checkpointed."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from conftest import TINY, run_script
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charlm.errors import CharLMError
+from charlm.model_config import MODEL_CONFIGS, full_config
+from charlm.run_config import COPIES, RUN_FOLDER_COPIES, resolve_copies
+
+CNN_ONLY = {"model.max_seq_len", "model.num_layers", "model.embedding_dim", "model.hidden_dim"}
+VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners that take other than a size
+
+
+@pytest.mark.parametrize("copy", sorted(COPIES))
+def test_a_copy_set_alone_takes_effect_everywhere(compose_config, copy):
+    owner = COPIES[copy][0]
+    value = VALUES.get(owner, 48)
+    overrides = ["model=cnn" if copy in CNN_ONLY else "model=gpt", f"{copy}={value}"]
+    cfg = compose_config(*overrides)
+    resolve_copies(cfg, overrides)
+    assert cfg[owner] == value
+    for other, (other_owner, _) in COPIES.items():
+        if other_owner == owner and OmegaConf.select(cfg, other) is not None:
+            expected = min(value, cfg.max_steps) if other == "trainer.val_check_interval" else value
+            assert OmegaConf.select(cfg, other) == expected, other
+            parent, _, leaf = other.rpartition(".")
+            assert OmegaConf.is_interpolation(OmegaConf.select(cfg, parent), leaf)  # linked again
+
+
+def test_a_copy_that_disagrees_with_its_owner_on_the_command_line_is_refused(compose_config):
+    overrides = ["max_steps=100", "trainer.max_steps=60"]
+    cfg = compose_config(*overrides)
+    with pytest.raises(CharLMError, match=r"^trainer.max_steps=60 and max_steps=100 disagree; max_steps sets both"):
+        resolve_copies(cfg, overrides)
+
+
+def test_a_copy_that_agrees_with_its_owner_is_fine(compose_config):
+    overrides = ["batch_size=8", "data.batch_size=8"]
+    cfg = compose_config(*overrides)
+    resolve_copies(cfg, overrides)
+    assert cfg.batch_size == cfg.data.batch_size == 8
+
+
+@pytest.mark.parametrize("copy", RUN_FOLDER_COPIES)
+def test_copies_of_the_run_folder_point_to_hydra_run_dir(compose_config, copy):
+    cfg = compose_config(f"{copy}=/tmp/elsewhere")
+    with pytest.raises(CharLMError, match=rf"^{copy} is the run folder, which hydra.run.dir sets"):
+        resolve_copies(cfg)
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_CONFIGS))
+def test_model_yaml_and_dataclass_defaults_are_the_same(compose_config, family):
+    """conf/model/<family>.yaml lists exactly the dataclass's fields, each with the dataclass's default
+    (sizes through the top-level knobs, whose defaults equal the dataclass's too)."""
+    model = OmegaConf.to_container(compose_config(f"model={family}").model, resolve=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(MODEL_CONFIGS[family]) if f.name != "vocab_size"}
+    assert model == {"name": family, **defaults}
+    assert full_config({"name": family}) == model  # and so does a config that names only its family
+
+
+def lightning_step_of_last_checkpoint(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def validated_steps(run_dir) -> list[int]:
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.step + 1 for e in events.Scalars("val/loss")]  # logged at the step index
+
+
+@pytest.mark.parametrize("limit", [["trainer.max_steps=24"], ["max_steps=24", "eval_interval=1000"]],
+                         ids=["lightning spelling", "shorter than one interval"])
+def test_a_run_ending_between_validations_still_validates_and_checkpoints(train_here, limit):
+    best, run_dir = train_here(*TINY, "eval_interval=10", *limit)
+    assert lightning_step_of_last_checkpoint(run_dir) == 24
+    assert validated_steps(run_dir)[-1] == 24  # the last step is validated...
+    [best_file] = (run_dir / "checkpoints").glob("best-step*.ckpt")  # ...so the best is among them
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["status"] == "finished" and summary["best_val_loss"] == best
+
+
+def test_a_run_stopped_by_max_time_ends_validated(train_here):
+    best, run_dir = train_here(*TINY, "max_time=00:00:00:02", "max_steps=1000000", "eval_interval=100000")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped early" and 0 < summary["steps"] < 1_000_000 and summary["wall_time_s"] < 60
+    assert lightning_step_of_last_checkpoint(run_dir) == summary["steps"] == validated_steps(run_dir)[-1]
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(train_here):
+    _, run_dir = train_here(*TINY, "lr=1e-12", "max_steps=200", "eval_interval=5",
+                            "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=0.001")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped early" and summary["steps"] == 15  # checks at 5, 10, 15: no gain after 5
+    assert lightning_step_of_last_checkpoint(run_dir) == 15 and validated_steps(run_dir) == [5, 10, 15]
+
+
+@pytest.mark.parametrize("override", ["data.block_size=48", "model.block_size=48", "block_size=48"])
+def test_any_spelling_of_block_size_trains_a_block_48_model(train_here, override):
+    _, run_dir = train_here(*[a for a in TINY if not a.startswith("block_size")], "max_steps=4", override)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["model"]["block_size"] == 48
+    assert checkpoint["state_dict"]["model.pos_emb.weight"].shape[0] == 48
+    assert json.loads((run_dir / "summary.json").read_text())["tokens"] == 4 * 16 * 48
+
+
+def test_lightning_max_steps_run_samples_through_the_command_line(train_here, tmp_path):
+    _, run_dir = train_here(*TINY, "trainer.max_steps=12")
+    result = run_script("sample.py", f"ckpt={run_dir}", "prompt=To", "num_tokens=20", "seed=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("To") and len(result.stdout) == 2 + 20 + 1
+    assert "best-step12-" in result.stderr
+
+
+def test_fine_tuning_reports_the_checkpoints_model_and_block_size(train_here, tmp_path):
+    _, source = train_here(*TINY, "model=cnn", "block_size=24", "max_steps=4", run_dir=tmp_path / "cnn")
+    _, tuned = train_here(*TINY, f"init_from={source}", "max_steps=6", run_dir=tmp_path / "tuned")
+    summary = json.loads((tuned / "summary.json").read_text())
+    assert summary["model"] == "cnn" and summary["tokens"] == 6 * 16 * 24
+    checkpoint = torch.load(tuned / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["model"]["max_seq_len"] == 24
