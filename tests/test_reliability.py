@@ -1,5 +1,6 @@
 """Crash safety, resume, interrupts, non-finite losses, determinism: through the real command line."""
 
+import csv
 import json
 import os
 import re
@@ -52,23 +53,36 @@ def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path, step: int, 
     raise TimeoutError
 
 
-def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    reference = run_script("train.py", *STEADY, "max_steps=150", f"hydra.run.dir={tmp_path / 'whole'}")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The reference for exact resume: 150 steps in one go, through the command line."""
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    reference = run_script("train.py", *STEADY, "max_steps=150", f"hydra.run.dir={run_dir}")
     assert reference.returncode == 0, reference.stderr[-2000:]
+    return run_dir
 
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_path, uninterrupted, stop):
     crashed = tmp_path / "crashed"
     process = start_training(crashed, "max_steps=2000")
     wait_for_checkpoint(process, crashed / "checkpoints" / "last.ckpt", 50)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
     resumed_from = saved_step(crashed / "checkpoints" / "last.ckpt")
     assert 50 <= resumed_from < 150
+    if stop == signal.SIGTERM:  # what schedulers send: save at a step boundary, say how to resume, exit 143
+        assert process.returncode == 143, stderr[-2000:]
+        assert f"SIGTERM: saved {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in stderr
+        assert f"ckpt_path={crashed}" in stderr
+        summary = json.loads((crashed / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["steps"] == resumed_from
 
     resumed = run_script("train.py", *STEADY, "max_steps=150", f"ckpt_path={crashed}",
                          f"hydra.run.dir={tmp_path / 'resume-log'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {resumed_from}" in resumed.stdout
-    whole, after = step_losses(tmp_path / "whole"), step_losses(crashed, newest_file_only=True)
+    whole, after = step_losses(uninterrupted), step_losses(crashed, newest_file_only=True)
     assert sorted(after) == list(range(resumed_from, 150))  # logged at step index: steps resumed_from+1 .. 150
     for step, loss in after.items():
         assert loss == pytest.approx(whole[step], abs=1e-6), f"step {step + 1}"
@@ -107,13 +121,44 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert "interrupted: saved" in stderr and f"ckpt_path={run_dir}" in stderr
+    assert "interrupted: SIGINT: saved" in stderr and f"ckpt_path={run_dir}" in stderr
     stopped_at = saved_step(run_dir / "checkpoints" / "last.ckpt")
     assert 50 <= stopped_at < 100000
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == stopped_at and summary["tokens"] == stopped_at * 16 * 16
+    assert summary["status"] == "interrupted"
+    [best] = (run_dir / "checkpoints").glob("best-*.ckpt")  # the stop was validated, so it may be the best
+    assert step_losses(run_dir)  # and the run's log has its steps
 
 
+def test_a_second_ctrl_c_stops_at_once_with_status_130(tmp_path):
+    run_dir = tmp_path / "run"
+    # one-block validation batches: the validation after the first Ctrl-C takes seconds, time for a second
+    process = start_training(run_dir, "max_steps=100000", "eval_interval=20", "data.eval_batch_size=1")
+    wait_for_checkpoint(process, run_dir / "checkpoints" / "last.ckpt", 20)
+    process.send_signal(signal.SIGINT)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted: SIGINT again: stopped at once" in stderr and "Traceback" not in stderr
+
+
+def test_sigterm_in_a_sweep_reports_the_jobs_that_ran_and_stops(tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *STEADY, "max_steps=100000",
+                                f"hydra.sweep.dir={tmp_path}", "seed=1,2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 120
+    while not (jobs := list(tmp_path.glob("0_*"))) and time.time() < deadline:
+        time.sleep(0.05)
+    wait_for_checkpoint(process, jobs[0] / "checkpoints" / "last.ckpt", 50)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    with (tmp_path / "report.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["run"], row["status"]) for row in rows] == [(jobs[0].name, "interrupted")]
+    assert not any(tmp_path.glob("1_*"))  # the second job never started
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(train_here, tmp_path):
     with pytest.raises(CharLMError) as caught:
         train_here(*TINY, "lr=1000", "optimizer.warmup_steps=0", "trainer.gradient_clip_val=0", "eval_interval=1",
@@ -136,7 +181,7 @@ def test_ctrl_c_never_saves_diverged_weights(tmp_path):
     with torch.no_grad():
         module.model.head.weight[0, 0] = float("nan")
     interrupt = GracefulInterrupt()
-    interrupt.requested = True
+    interrupt.signum = signal.SIGINT
     with pytest.raises(CharLMError, match="no longer finite"):
         interrupt.on_train_batch_end(None, module)
     assert interrupt.saved_at is None
@@ -154,7 +199,7 @@ def test_same_seed_gives_identical_losses(tmp_path, train_here):
 ENTRY_POINTS = {
     "train: an error of ours": (["train.py", *TINY, "max_steps=100", "trainer.max_steps=60"],
                                 r"^error: trainer.max_steps=60 and max_steps=100 disagree"),
-    "train: unwritable output folder": (["train.py", "hydra.run.dir={file}/run"], r"cannot write the output folder"),
+    "train: unwritable output folder": (["train.py", "hydra.run.dir={file}/run"], r"^error: cannot write to .*/run: "),
     "train: misspelled group option": (["train.py", "model=gtp"], r"Could not find 'model/gtp'"),
     "train: resume on other text": (["train.py", *TINY, "data.path={text}", "ckpt_path={run}"],
                                     r"different vocabulary"),

@@ -27,10 +27,11 @@ import lightning as L
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from charlm.cli import register_resolvers, run_cli
+from charlm.cli import one_line, register_resolvers, run_cli
 from charlm.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
 from charlm.errors import CharLMError
 from charlm.generation import generate
@@ -59,13 +60,18 @@ def preset_config(name: str, *overrides: str):
     if not (CONF / "experiment" / f"{name}.yaml").is_file():
         known = ", ".join(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
         raise CharLMError(f"unknown preset {name!r}; presets: {known}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={name}", *overrides])
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"experiment={name}", *overrides])
+    except HydraException as err:  # a key that does not exist, a malformed override
+        raise CharLMError(f"bad override in {' '.join([name, *overrides])!r}: {one_line(err)}") from None
     prepare_run_config(cfg, overrides)  # as train.py does: copies handed to their owners, values checked
     return cfg
 
 
 def case_config(case: str, *extra: str):
+    if not case.split():
+        raise CharLMError("--case needs a preset name, e.g. --case gpt_0.2m or --case 'gpt_2.7m batch_size=32'")
     name, *overrides = case.split()
     return preset_config(name, *overrides, *extra)
 

@@ -1,6 +1,7 @@
 """What the entry points share: config resolvers, and user errors printed as one line."""
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,45 +12,89 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from charlm.errors import CharLMError
+from charlm.atomic import ensure_writable
+from charlm.errors import CharLMError, Interrupted, log
 
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("min", min, replace=True)
+    # cached: Hydra resolves the run folder more than once, and each time must name the same folder
+    OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)
+
+
+def new_folder(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ...: the first that does not exist yet, created at once, so two
+    runs started in the same second with the same name never share a folder."""
+    candidate, number = Path(path), 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)  # atomic: exactly one process creates a given folder
+            return str(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = Path(f"{path}-{number}")
+        except OSError:  # cannot be created here: CheckOutputFolder says why, in one line
+            return path
 
 
 def one_line(err: BaseException) -> str:
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
-def run_cli(task: Callable, *args, user_errors: tuple[type[Exception], ...] = ()):
-    """Run an entry point's task; a user error becomes `error: ...` on stderr and exit status 2.
+def is_lightning_config_error(err: BaseException) -> bool:
+    """Lightning's MisconfigurationException, recognised without importing Lightning (sample.py never does)."""
+    return any(cls.__name__ == "MisconfigurationException" and cls.__module__.startswith("lightning")
+               for cls in type(err).__mro__)
 
-    CharLMError and Hydra's instantiation errors are user errors, plus any `user_errors` the entry
-    point adds. Set CHARLM_DEBUG=1 to get the full traceback instead. Inside a Hydra sweep the error
-    is raised on after its line is printed: Hydra then marks that job failed and runs the others.
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The error a user should see, or None for a bug. Hydra wraps errors raised while it builds an
+    object ("Error in call to target ..."): the user's error is the one inside."""
+    while isinstance(err, InstantiationException) and isinstance(err.__cause__, Exception):
+        err = err.__cause__
+    if isinstance(err, (CharLMError, InstantiationException)) or is_lightning_config_error(err):
+        return err
+    if isinstance(err, OSError) and err.strerror:  # a file or folder the user named or can fix
+        return CharLMError(f"{err.strerror}: {err.filename}" if err.filename else err.strerror)
+    return None
+
+
+def run_cli(task: Callable, *args):
+    """Run an entry point's task: the one place that turns what can go wrong into a line and an exit status.
+
+    A user error (CharLMError, Lightning's configuration errors, Hydra's instantiation errors, a file
+    that cannot be read or written) prints `error: ...` and exits with status 2; a run stopped by a
+    signal after saving exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). Inside a Hydra sweep a
+    user error is raised on after its line: Hydra then marks that job failed and runs the others.
+    Set CHARLM_DEBUG=1 to get the full traceback instead.
     """
+    debug = bool(os.environ.get("CHARLM_DEBUG"))
     try:
         return task(*args)
-    except (CharLMError, InstantiationException, *user_errors) as err:
-        if os.environ.get("CHARLM_DEBUG"):
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr, flush=True)
+        log.warning(f"interrupted: {stop}")
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C where nothing was running that could save
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
+    except Exception as err:
+        shown = None if debug else user_error(err)
+        if shown is None:
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(shown)}", file=sys.stderr, flush=True)
+        log.error(one_line(shown))  # into train.log too, where there is one
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
 
 
 def check_writable(folder: str) -> None:
-    """Create `folder` and write a probe file, or stop with one line saying why not."""
-    path = Path(folder)
+    """Stop with one line, before Hydra itself trips over it, when `folder` cannot be written."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        print(f"error: cannot write the output folder {path}: {err.strerror or err}", file=sys.stderr, flush=True)
+        ensure_writable(Path(folder))
+    except CharLMError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

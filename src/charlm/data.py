@@ -36,7 +36,7 @@ def read_text(path: str | None) -> str:
     if b"\x00" in raw:
         raise CharLMError(f"data file looks binary (it contains NUL bytes), not text: {file}")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not part of the text
     except UnicodeDecodeError as err:
         raise CharLMError(
             f"data file is not UTF-8 text: {file} (invalid byte at offset {err.start})"
@@ -47,6 +47,18 @@ def split_text(text: str, train_fraction: float) -> tuple[str, str]:
     """Train first, validation last, as one cut (no shuffling: validation text is unseen text)."""
     cut = int(len(text) * train_fraction)
     return text[:cut], text[cut:]
+
+
+def shortest_text(need: int, train_fraction: float) -> int:
+    """The fewest characters whose split (split_text) leaves at least `need` on each side."""
+    # a lower bound: the cut is int(length * train_fraction), so the training side needs
+    # length >= need / f, and the validation side length > (need - 1) / (1 - f)
+    length = max(need, int(max(need / train_fraction, (need - 1) / (1 - train_fraction))))
+    while True:
+        train, val = split_text(" " * length, train_fraction)
+        if len(train) >= need and len(val) >= need:
+            return length
+        length += 1
 
 
 class RandomBlockSampler(Sampler[list[int]]):
@@ -153,11 +165,10 @@ class CharDataModule(L.LightningDataModule):
         train_text, val_text = split_text(text, self.train_fraction)
         need = self.block_size + 1
         if len(train_text) < need or len(val_text) < need:
-            total = max(need / self.train_fraction, need / (1 - self.train_fraction))
             raise CharLMError(
                 f"data file {resolve_path(self.path)} is too short: {len(text)} characters; "
                 f"with block_size={self.block_size} each split needs at least {need}, "
-                f"so the file needs at least {int(total) + 1} (or lower block_size)"
+                f"so the file needs at least {shortest_text(need, self.train_fraction)} (or lower block_size)"
             )
         dtype = torch.uint8 if len(self.vocab) <= 256 else torch.int32
         self.train_ids = torch.tensor(self.vocab.encode(train_text), dtype=dtype)

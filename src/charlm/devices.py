@@ -4,7 +4,7 @@ import contextlib
 import sys
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from charlm.console import say
 from charlm.errors import CharLMError, describe_error
@@ -18,6 +18,20 @@ def use_fast_kernels(threads: int | None) -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """The accelerator and device count asked for exist on this machine."""
+    accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise CharLMError(f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp) needs a CUDA GPU, and "
+                              "torch finds none on this machine; use trainer=auto or trainer=cpu")
+        count = len(devices) if OmegaConf.is_list(devices) else devices
+        if isinstance(count, int) and count > torch.cuda.device_count():
+            raise CharLMError(f"trainer.devices={devices}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise CharLMError("trainer.accelerator=mps needs Apple's Metal backend, which this machine lacks")
 
 
 def training_device(cfg: DictConfig) -> str:

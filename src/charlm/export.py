@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from charlm.atomic import check_output
 from charlm.checkpoint import find_checkpoint, load_model
 from charlm.cli import run_cli
 from charlm.errors import CharLMError
@@ -22,10 +23,13 @@ FORMATS = ("npz",)
 def export(checkpoint, fmt: str = "npz", out: Path | None = None) -> Path:
     if fmt not in FORMATS:
         raise CharLMError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
-    loaded = load_model(checkpoint)
-    out = out or find_checkpoint(checkpoint).with_suffix(".npz")
-    if out.parent and not out.parent.is_dir():
-        raise CharLMError(f"output folder does not exist: {out.parent}")
+    source = find_checkpoint(checkpoint)
+    out = Path(out) if out else source.with_suffix(".npz")
+    check_output(out, source)
+    loaded = load_model(source)
+    if loaded.quantization is not None:
+        raise CharLMError(f"{source} holds int8 weights, which the export format does not; export the float "
+                          "checkpoint it was made from")
     arrays = {name: tensor.detach().cpu().numpy() for name, tensor in loaded.model.state_dict().items()}
     write_export(out, loaded.model_config, loaded.vocab.chars, arrays)
     return out

@@ -52,3 +52,19 @@ def mark_static_address(tensor: torch.Tensor) -> bool:
         return False
     mark(tensor)
     return True
+
+
+def align_logging_step(trainer) -> bool:
+    """Call at the first training batch: make a resumed run log each step at the step it trains.
+
+    Lightning counts logging steps in `fit_loop.epoch_loop._batches_that_stepped`. It restores that
+    count one behind the optimizer steps from a checkpoint saved by a validation that a stop asked for
+    (max_time, Ctrl-C, SIGTERM, the last step), so every logged point after the resume would sit one
+    step early. With one optimizer, as here, the two counts are equal by definition. Returns False
+    where the attribute is gone: logging steps then stay as Lightning restores them.
+    """
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is None or not hasattr(loop, "_batches_that_stepped"):
+        return False
+    loop._batches_that_stepped = trainer.global_step
+    return True

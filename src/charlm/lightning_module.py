@@ -16,6 +16,8 @@ from charlm.models import build_model
 from charlm.recipe import make_optimizer, next_token_loss
 from charlm.vocab import Vocabulary
 
+TOKENS_KEY = "tokens_trained"  # in checkpoints: training tokens so far, over every resume and batch size
+
 
 class LanguageModel(L.LightningModule):
     """Holds a model, its vocabulary and the optimizer settings; all three are saved in checkpoints."""
@@ -30,6 +32,8 @@ class LanguageModel(L.LightningModule):
             raise CharLMError(f"lr must be positive, got {self.optim['lr']}")
         # Token-weighted mean over the whole validation set, summed across processes under DDP.
         self.val_loss = MeanMetric()
+        self.tokens_trained = 0  # counted per batch: a resumed run may use another batch size
+        self.processes = 1
 
     def __setattr__(self, name, value):
         if not set_plain_attribute(self, name, value):  # Lightning's per-hook name, cheaply (charlm.internals)
@@ -38,8 +42,14 @@ class LanguageModel(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
+    def on_train_start(self) -> None:
+        self.processes = self.trainer.world_size  # each process counts the global batch
+
     def training_step(self, batch, batch_idx):
         loss = next_token_loss(self.model, batch)
+        if self.tokens_trained is None:  # resumed from a checkpoint that did not count: assume this batch size
+            self.tokens_trained = self.trainer.global_step * batch[1].numel() * self.processes
+        self.tokens_trained += batch[1].numel() * self.processes
         # Check and log only on the steps the logger writes (every log_every_n_steps): a self.log
         # call costs about 1 ms, as much as a 0.2M forward pass on CPU, and reading the loss on a
         # GPU waits for the step to finish. A non-finite loss poisons the weights, so the
@@ -71,6 +81,7 @@ class LanguageModel(L.LightningModule):
 
     # Random states travel with checkpoints, so a resumed run draws the same dropout masks.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TOKENS_KEY] = self.tokens_trained
         # Plain types and tensors only, so checkpoints still load with torch.load(weights_only=True).
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -79,6 +90,7 @@ class LanguageModel(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_trained = checkpoint.get(TOKENS_KEY)
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])

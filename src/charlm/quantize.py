@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.atomic import atomic_write
+from charlm.atomic import atomic_write, check_output
 from charlm.checkpoint import find_checkpoint, load_model
 from charlm.cli import run_cli
 from charlm.data import read_text, split_text, validation_blocks
@@ -41,10 +41,24 @@ def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab: str,
     atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
-def validation_loss(model: nn.Module, vocab, data_path: str | None, batch_size: int = 64) -> float:
-    """Mean next-character loss over the whole validation split (the last 10% of the text)."""
+def validation_blocks_for(vocab, data_path: str | None, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split (the last 10% of the text) as blocks, checked against the model before
+    anything is written: its characters, and at least one block."""
+    path = data_path or "tinyshakespeare"
     _, val_text = split_text(read_text(data_path), 0.9)
-    inputs, targets = validation_blocks(torch.tensor(vocab.encode(val_text)), model.block_size)
+    if missing := vocab.unknown(val_text):
+        raise CharLMError(f"the validation text ({path}) has characters the model's vocabulary lacks: "
+                          f"{', '.join(map(repr, missing[:10]))}; give the text the model was trained on "
+                          "with --data PATH")
+    if len(val_text) < block_size + 1:
+        raise CharLMError(f"the validation text ({path}) is too short: its last 10% has {len(val_text)} characters, "
+                          f"and one block of this model needs {block_size + 1}")
+    return validation_blocks(torch.tensor(vocab.encode(val_text)), block_size)
+
+
+def validation_loss(model: nn.Module, blocks: tuple[torch.Tensor, torch.Tensor], batch_size: int = 64) -> float:
+    """Mean next-character loss over the validation blocks."""
+    inputs, targets = blocks
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
@@ -75,21 +89,25 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--data", default=None, help="text for the validation loss (default: Tiny Shakespeare)")
     args = parser.parse_args(argv)
 
+    # Everything is checked before anything is written: the source, the outputs, the validation text.
     source = find_checkpoint(args.checkpoint)
     out = args.out or source.with_suffix(".int8.pt")
-    if not out.parent.is_dir():
-        raise CharLMError(f"output folder does not exist: {out.parent}")
+    float_out = source.with_suffix(".float32.npz")  # the float weights alone: a fair size to compare
+    check_output(out, source, *([Path(args.data)] if args.data else []))
+    check_output(float_out, source)
     original = load_model(source)
     if original.quantization is not None:
         raise CharLMError(f"{source} is already quantized")
-    float_file = export(source, "npz", source.with_suffix(".float32.npz"))  # float weights alone: a fair size
+    blocks = validation_blocks_for(original.vocab, args.data, original.model.block_size)
+
+    float_file = export(source, "npz", float_out)
     quantized = quantize_model(load_model(source).model, args.quantize_head)
     save_quantized(out, quantized, original.model_config, original.vocab.chars, args.quantize_head)
     reloaded = load_model(out).model  # measure what sampling will load
 
     rows = []
     for name, model, file in [("float32", original.model, float_file), ("int8", reloaded, out)]:
-        loss = validation_loss(model, original.vocab, args.data)
+        loss = validation_loss(model, blocks)
         rows.append((name, file.stat().st_size / 1e6, parameter_bytes(model) / 1e6, loss, loss / math.log(2),
                      generation_speed(model)))
     print(f"{source}: checkpoint file {source.stat().st_size / 1e6:.2f} MB (with optimizer state)")

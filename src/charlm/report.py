@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from charlm.atomic import ensure_writable
 from charlm.cli import run_cli
 from charlm.errors import CharLMError
 
@@ -38,6 +39,8 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
     # module, because SweepReport is a Hydra callback.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not (run / "tb").is_dir():  # a run that failed before logging anything
+        return []
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     if "val/loss" not in events.Tags().get("scalars", []):
@@ -48,11 +51,12 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
 def run_row(run: Path, root: Path) -> dict:
     summary_file = run / "summary.json"
     row = {"run": str(run.relative_to(root)) if run != root else run.name}
-    if summary_file.is_file():
-        row |= json.loads(summary_file.read_text())
-    else:
-        row["status"] = "failed or unfinished"
-    return row
+    if not summary_file.is_file():
+        return row | {"status": "failed or unfinished"}
+    try:
+        return row | json.loads(summary_file.read_text())
+    except (OSError, ValueError):  # half-written by a run killed mid-write, or not ours: report the others
+        return row | {"status": f"unreadable summary.json ({summary_file})"}
 
 
 def fmt(value, spec: str) -> str:
@@ -69,6 +73,7 @@ def write_report(folder: str | Path) -> list[Path]:
     runs = find_runs(root)
     if not runs:
         raise CharLMError(f"no runs (folders with .hydra/config.yaml) under {root}")
+    ensure_writable(root)
     rows = [run_row(run, root) for run in runs]
 
     header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"

@@ -22,16 +22,48 @@ def run_folder_of(checkpoint: Path) -> Path | None:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
-def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict, vocab: str) -> tuple[Path | None, int]:
+def requeue_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint Lightning saved in this run folder on SLURM's requeue signal (SIGUSR1 with
+    `#SBATCH --signal`): hpc_ckpt_<n>.ckpt. A requeued job with the same run folder resumes from it."""
+    saved = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rpartition("_")[2] or 0))
+    return saved[-1] if saved else None
+
+
+def best_score(checkpoint: dict) -> float | None:
+    """The best val/loss the run had reached when this checkpoint was saved."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        score = state.get("best_model_score")
+        if key.startswith("ModelCheckpoint") and "'monitor': 'val/loss'" in key and score is not None:
+            return float(score)
+    return None
+
+
+def read_resume_checkpoint(file: Path) -> dict:
+    """read_checkpoint, pointing at the run's intact best checkpoint when its last.ckpt is broken."""
+    try:
+        return read_checkpoint(file)
+    except CharLMError as err:
+        best = sorted(file.parent.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if file.name != "last.ckpt" or not best:
+            raise
+        raise CharLMError(f"{err}; the run's best checkpoint is intact: resume from it with "
+                          f"ckpt_path={best[-1]}") from None
+
+
+def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
+                      vocab: str) -> tuple[Path | None, dict]:
     """Resolve `ckpt_path` and check the checkpoint fits this model and vocabulary.
 
-    Returns the checkpoint file (None for a fresh run) and the step it was saved at.
+    Returns the checkpoint file (None for a fresh run) and the checkpoint's contents ({} for a fresh run).
     """
     if ckpt_path is None:
-        return None, 0
+        return None, {}
     file = resume_file(ckpt_path, runs_dir)
-    checkpoint = read_checkpoint(file)
+    checkpoint = read_resume_checkpoint(file)
     saved = checkpoint["hyper_parameters"]
+    if saved.get("quantization") is not None or "optimizer_states" not in checkpoint:
+        raise CharLMError(f"cannot resume from {file}: it holds weights only (an int8 or exported model), without "
+                          "the optimizer state a resumed run needs; give the run folder or its last.ckpt")
     if saved["vocab"] != vocab:
         raise CharLMError(f"cannot resume from {file}: it was trained on a different vocabulary (other data)")
     there, here = full_config(saved["model"]), full_config(model_config)
@@ -39,7 +71,7 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
         changed = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
         diffs = ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in changed)
         raise CharLMError(f"cannot resume from {file}: its model differs ({diffs})")
-    return file, int(checkpoint.get("global_step", 0))
+    return file, checkpoint
 
 
 def fine_tune_source(cfg: DictConfig) -> tuple[LoadedModel, dict]:

@@ -7,10 +7,9 @@ so it takes effect everywhere; a copy and its owner set to different values is r
 Torch-free and Lightning-free: it answers before the heavy imports.
 """
 
-import math
-
 from omegaconf import DictConfig, OmegaConf
 
+from charlm import checks
 from charlm.errors import CharLMError
 
 # copy -> (owner, how the copy links to it in conf/)
@@ -66,25 +65,61 @@ def resolve_copies(cfg: DictConfig, overrides=()) -> None:
         node[leaf] = link
 
 
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Top-level values every run needs."""
-    for key in ("max_steps", "eval_interval", "batch_size", "block_size"):
-        if not is_int(cfg[key]) or cfg[key] < 1:
-            raise CharLMError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if not is_number(cfg.lr) or cfg.lr <= 0:
-        raise CharLMError(f"lr must be a positive number, got {cfg.lr!r}")
-    if cfg.threads is not None and (not is_int(cfg.threads) or cfg.threads < 1):
-        raise CharLMError(f"threads must be a positive integer or null, got {cfg.threads!r}")
-    if cfg.optimizer.warmup_steps < 0 or not 0 <= cfg.optimizer.min_lr_ratio <= 1:
-        raise CharLMError("optimizer.warmup_steps must be >= 0 and optimizer.min_lr_ratio in [0, 1]")
+    """Every value a training run reads, checked for type and range before anything is read or built.
+    (Devices are checked where torch is: charlm.devices.check_devices.)"""
+    for key in ("max_steps", "eval_interval", "batch_size", "block_size", "n_layer", "n_embd"):
+        checks.integer(key, cfg[key])
+    if cfg.model.name == "gpt":
+        checks.integer("n_head", cfg.n_head)
+    checks.number("lr", cfg.lr, 0, low_open=True)
+    checks.number("dropout", cfg.dropout, 0, 1, high_open=True)
+    checks.seed("seed", cfg.seed)
+    checks.threads("threads", cfg.threads)
+    checks.wall_clock("max_time", cfg.max_time)
+    checks.text("ckpt_path", cfg.ckpt_path, nullable=True)
+    checks.text("init_from", cfg.init_from, nullable=True)
+    checks.boolean("compile", cfg.compile)
+
+    optimizer = cfg.optimizer
+    betas = optimizer.betas
+    if not (OmegaConf.is_list(betas) and len(betas) == 2):
+        raise CharLMError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}")
+    for i, beta in enumerate(betas):
+        checks.number(f"optimizer.betas[{i}]", beta, 0, 1, high_open=True)
+    checks.number("optimizer.weight_decay", optimizer.weight_decay, 0)
+    checks.integer("optimizer.warmup_steps", optimizer.warmup_steps, low=0)
+    checks.number("optimizer.min_lr_ratio", optimizer.min_lr_ratio, 0, 1)
+    checks.integer("optimizer.decay_steps", optimizer.decay_steps, nullable=True)
+
+    data = cfg.data
+    checks.text("data.path", data.path)
+    checks.integer("data.eval_batch_size", data.eval_batch_size)
+    checks.number("data.train_fraction", data.train_fraction, 0, 1, low_open=True, high_open=True)
+    checks.integer("data.num_workers", data.num_workers, low=0)
+
+    trainer = cfg.trainer
+    checks.choice("trainer.accelerator", trainer.accelerator, ACCELERATORS)
+    checks.choice("trainer.precision", str(trainer.precision), PRECISIONS)
+    checks.number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0, nullable=True)
+    checks.integer("trainer.log_every_n_steps", trainer.log_every_n_steps)
+    devices = trainer.devices
+    listed = OmegaConf.is_list(devices) and len(devices) > 0 and all(checks.is_int(d) and d >= 0 for d in devices)
+    if not (devices == "auto" or listed or checks.is_int(devices) and devices >= 1):
+        raise CharLMError(f"trainer.devices must be a positive integer, a list of device ids or auto, got {devices!r}")
+
+    callbacks = cfg.callbacks
+    if "early_stopping" in callbacks:
+        checks.integer("callbacks.early_stopping.patience", callbacks.early_stopping.patience, low=0)
+        checks.number("callbacks.early_stopping.min_delta", callbacks.early_stopping.min_delta, 0)
+    if "text_sample" in callbacks:
+        checks.integer("callbacks.text_sample.num_tokens", callbacks.text_sample.num_tokens, low=0)
+        checks.number("callbacks.text_sample.temperature", callbacks.text_sample.temperature, 0)
+        checks.text("callbacks.text_sample.prompt", callbacks.text_sample.prompt, nullable=True)
 
 
 def prepare_run_config(cfg: DictConfig, overrides=()) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from charlm import checks
 from charlm.errors import CharLMError
 from charlm.generation import generate
 
@@ -16,23 +17,19 @@ BACKENDS = ("torch", "numpy")
 
 
 def check_sample_config(cfg: DictConfig) -> None:
-    if cfg.backend not in BACKENDS:
-        raise CharLMError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
-    if not isinstance(cfg.num_tokens, int) or cfg.num_tokens < 0:
-        raise CharLMError(f"num_tokens must be 0 or a positive integer, got {cfg.num_tokens!r}")
-    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
-        raise CharLMError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
-    if not isinstance(cfg.temperature, (int, float)) or cfg.temperature < 0:
-        raise CharLMError(f"temperature must be 0 (greedy) or positive, got {cfg.temperature!r}")
-    if cfg.top_k is not None and (not isinstance(cfg.top_k, int) or cfg.top_k < 1):
-        raise CharLMError(f"top_k must be a positive integer or null, got {cfg.top_k!r}")
-    if cfg.top_p is not None and (not isinstance(cfg.top_p, (int, float)) or not 0 < cfg.top_p <= 1):
-        raise CharLMError(f"top_p must be in (0, 1] or null, got {cfg.top_p!r}")
-    if not isinstance(cfg.compile, bool):
-        raise CharLMError(f"compile must be true or false, got {cfg.compile!r}")
+    checks.choice("backend", cfg.backend, BACKENDS)
+    checks.text("ckpt", cfg.ckpt, nullable=True)
+    checks.integer("num_tokens", cfg.num_tokens, low=0)
+    checks.integer("num_samples", cfg.num_samples)
+    checks.number("temperature", cfg.temperature, 0)
+    checks.integer("top_k", cfg.top_k, nullable=True)
+    checks.number("top_p", cfg.top_p, 0, 1, low_open=True, nullable=True)
+    checks.seed("seed", cfg.seed, nullable=True)
+    checks.boolean("compile", cfg.compile)
+    checks.text("device", cfg.device)
     if cfg.compile and cfg.backend != "torch":
         raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
-    if not cfg.prompt:
+    if not isinstance(cfg.prompt, str) or not cfg.prompt:
         raise CharLMError("prompt must contain at least one character")
 
 
@@ -47,8 +44,9 @@ def open_model(cfg: DictConfig):
         model, vocab = load_export(cfg.ckpt)
         return model, vocab, cfg.ckpt
     from charlm.checkpoint import load_model, newest_run  # torch: imported only for this backend
-    from charlm.torch_runner import TorchRunner
+    from charlm.torch_runner import TorchRunner, check_device
 
+    check_device("device", cfg.device)
     loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
     return TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile), loaded.vocab, loaded.path
 

@@ -10,13 +10,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from charlm.errors import describe_error
+from charlm.errors import CharLMError, describe_error
 from charlm.internals import mark_static_address
 
 # Inductor settings for a compiled one-character step on CPU. Freezing folds the weights into the
 # compiled code as constants, which lets Inductor's own C++ GEMM kernels (chosen by autotuning
 # against ATen) spread each batch-1 product over every thread: MKL runs those on one core.
 CPU_STEP_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+def check_device(name: str, device: str) -> None:
+    """`device` (cpu, cuda, cuda:1, mps, ...) is a device torch knows and this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CharLMError(f"{name} must be a torch device such as cpu or cuda, got {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise CharLMError(f"{name}={device}: torch finds no CUDA GPU on this machine; use {name}=cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise CharLMError(f"{name}={device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise CharLMError(f"{name}={device}: this machine has no Apple Metal backend")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise CharLMError(f"{name}={device}: charlm runs on cpu, cuda or mps")
 
 
 class TorchRunner:

@@ -1,0 +1,88 @@
+"""Value checks for every entry point's settings: each failure is one CharLMError naming the setting.
+
+Torch-free: configs are checked before anything heavy is imported or allocated.
+"""
+
+import math
+import os
+import re
+
+from charlm.errors import CharLMError
+
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int or float that is finite (NaN and infinities are not numbers a setting can take)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer(name: str, value, low: int = 1, high: int | None = None, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not is_int(value) or value < low or (high is not None and value > high):
+        if high is not None:
+            span = f"an integer from {low} to {high}"
+        else:
+            span = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise CharLMError(f"{name} must be {span}{' or null' if nullable else ''}, got {value!r}")
+
+
+def number(name: str, value, low: float, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, nullable: bool = False) -> None:
+    """A finite number in [low, high] (either end open if asked)."""
+    if value is None and nullable:
+        return
+    ok = is_number(value) and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        span = f"in {left}{low}, {high}{right}" if high is not None else f"{'>' if low_open else '>='} {low}"
+        raise CharLMError(f"{name} must be a finite number {span}{' or null' if nullable else ''}, got {value!r}")
+
+
+def seed(name: str, value, nullable: bool = False) -> None:
+    integer(name, value, low=0, high=MAX_SEED, nullable=nullable)
+
+
+def boolean(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise CharLMError(f"{name} must be true or false, got {value!r}")
+
+
+def choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise CharLMError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def text(name: str, value, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not isinstance(value, str) or not value:
+        raise CharLMError(f"{name} must be a non-empty string{' or null' if nullable else ''}, got {value!r}")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which cluster schedulers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads(name: str, value) -> None:
+    """null, or 1 to the number of usable cores: more threads than cores only makes small models slower."""
+    integer(name, value, low=1, high=usable_cores(), nullable=True)
+
+
+WALL_CLOCK = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
+
+
+def wall_clock(name: str, value) -> None:
+    """null or DD:HH:MM:SS, as Lightning's max_time takes it."""
+    if value is not None and not (isinstance(value, str) and WALL_CLOCK.match(value)):
+        raise CharLMError(f"{name} must be DD:HH:MM:SS (e.g. 00:01:30:00) or null, got {value!r}")

@@ -1,0 +1,319 @@
+"""What clusters and real users do: odd corpora, moved and shared run folders, tools pointed at their
+own input, finished runs, impossible sizes, and bad values for every setting."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, ROOT, TINY, run_script
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charlm import bench, export, quantize
+from charlm.atomic import hold_run_folder
+from charlm.callbacks import RunCheckpoint
+from charlm.cli import new_folder, user_error
+from charlm.data import read_text
+from charlm.errors import CharLMError
+from charlm.report import write_report
+from charlm.sample import sample
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_a_corpus_without_a_newline_trains_and_samples_from_its_own_first_character(train_here, tmp_path):
+    dna = tmp_path / "dna.txt"
+    dna.write_text("GATTACA" + "ACGTTGCA" * 400)  # one line, no newline anywhere
+    _, run_dir = train_here(*TINY, f"data.path={dna}", "max_steps=10", "eval_interval=5")
+    [sample_event, *_] = events(run_dir).Tensors("sample/text_summary")
+    assert sample_event.tensor_proto.string_val[0].decode().startswith("    G")  # prompted with the text's start
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_sample_prompt_outside_the_vocabulary_fails_before_the_first_step(train_here, tmp_path):
+    dna = tmp_path / "dna.txt"
+    dna.write_text("ACGT" * 500)
+    with pytest.raises(CharLMError, match=r"callbacks.text_sample.prompt has characters the vocabulary lacks: 'Z'"):
+        train_here(*TINY, f"data.path={dna}", "callbacks.text_sample.prompt=Z")
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+
+
+def test_a_moved_checkpoint_folder_keeps_its_best_score_and_files():
+    moved = RunCheckpoint(dirpath="/new/run/checkpoints", monitor="val/loss")
+    moved.load_state_dict({
+        "monitor": "val/loss", "best_model_score": torch.tensor(1.5), "dirpath": "/old/run/checkpoints",
+        "best_model_path": "/old/run/checkpoints/best-step10-val1.5000.ckpt",
+        "best_k_models": {"/old/run/checkpoints/best-step10-val1.5000.ckpt": torch.tensor(1.5)},
+        "kth_best_model_path": "/old/run/checkpoints/best-step10-val1.5000.ckpt", "kth_value": torch.tensor(1.5),
+        "last_model_path": "/old/run/checkpoints/last.ckpt", "current_score": torch.tensor(1.6),
+    })
+    assert moved.best_model_score == 1.5  # Lightning alone would forget it, and a worse step would become best
+    assert moved.best_model_path == "/new/run/checkpoints/best-step10-val1.5000.ckpt"
+    assert list(moved.best_k_models) == ["/new/run/checkpoints/best-step10-val1.5000.ckpt"]
+    assert moved.last_model_path == "/new/run/checkpoints/last.ckpt"
+
+
+def test_resuming_a_moved_run_keeps_the_true_best(train_here, tmp_path):
+    _, first = train_here(*TINY, "max_steps=20", "eval_interval=10", "optimizer.decay_steps=1000",
+                          run_dir=tmp_path / "first")
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    # Lightning alone forgets the best on a moved folder: a second best-*.ckpt would appear beside the first
+    train_here(*TINY, "max_steps=30", "eval_interval=10", "optimizer.decay_steps=1000", f"ckpt_path={moved}",
+               run_dir=tmp_path / "log")
+    checkpoint = torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)
+    [state] = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val/loss'")]
+    val = [e.value for e in events(moved).Scalars("val/loss")]
+    assert len(val) == 3 and float(state["best_model_score"]) == pytest.approx(min(val))
+    [best] = (moved / "checkpoints").glob("best-*.ckpt")
+    assert Path(state["best_model_path"]) == best
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_tool_overwrites_its_input(run_copy):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    before = folder_state(run_copy)
+    with pytest.raises(CharLMError, match="is the input file itself"):
+        quantize.main([str(last), "--out", str(last)])
+    with pytest.raises(CharLMError, match="is the input file itself"):
+        export.main([str(last), "--out", str(last)])
+    with pytest.raises(CharLMError, match="is a folder"):
+        export.main([str(last), "--out", str(run_copy)])
+    assert folder_state(run_copy) == before
+
+
+def test_quantize_checks_the_text_before_it_writes(run_copy, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("ZZZZ yyyy 0123456789 ~~~~ " * 400)
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be, " * 5)
+    before = folder_state(run_copy)
+    with pytest.raises(CharLMError, match=r"lacks: '0', '1', .*; give the text the model was trained on with --data"):
+        quantize.main([str(run_copy), "--data", str(other)])
+    with pytest.raises(CharLMError, match=r"too short: its last 10% has 10 characters, and one block .* needs 17"):
+        quantize.main([str(run_copy), "--data", str(short)])
+    assert folder_state(run_copy) == before  # nothing written
+
+
+def test_int8_files_are_neither_exported_nor_resumed(run_copy, train_here):
+    int8 = run_copy / "checkpoints" / "model.int8.pt"
+    quantize.main([str(run_copy / "checkpoints" / "last.ckpt"), "--out", str(int8)])
+    with pytest.raises(CharLMError, match="holds int8 weights, which the export format does not"):
+        export.export(int8)
+    events_before = sorted((run_copy / "tb").iterdir())
+    with pytest.raises(CharLMError, match=r"holds weights only .*; give the run folder or its last.ckpt"):
+        train_here(*TINY, f"ckpt_path={int8}")
+    assert sorted((run_copy / "tb").iterdir()) == events_before  # no new event file in the source run
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(run_copy, train_here, capsys):
+    before = folder_state(run_copy)
+    best, _ = train_here(*TINY, "max_steps=40", f"ckpt_path={run_copy}")
+    assert "already at step 40, and max_steps is 40: nothing to train" in capsys.readouterr().err
+    assert folder_state(run_copy) == before
+    assert best == json.loads((run_copy / "summary.json").read_text())["best_val_loss"]
+
+
+def test_a_broken_last_checkpoint_points_to_the_intact_best(run_copy, train_here):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4000])
+    [best] = (run_copy / "checkpoints").glob("best-*.ckpt")
+    with pytest.raises(CharLMError, match=rf"not a readable checkpoint.*best checkpoint is intact: .*ckpt_path={best}"):
+        train_here(*TINY, f"ckpt_path={run_copy}", "max_steps=60")
+
+
+def test_tokens_add_up_over_a_resume_with_another_batch_size(train_here, tmp_path):
+    _, run_dir = train_here(*TINY, "max_steps=10", "eval_interval=10", "optimizer.decay_steps=100")
+    train_here(*TINY, "max_steps=20", "eval_interval=10", "optimizer.decay_steps=100", "batch_size=8",
+               f"ckpt_path={run_dir}", run_dir=tmp_path / "log")
+    assert json.loads((run_dir / "summary.json").read_text())["tokens"] == 10 * 16 * 16 + 10 * 8 * 16
+
+
+@pytest.mark.parametrize("override", ["batch_size=100000", "n_embd=100000"])
+def test_a_configuration_that_cannot_fit_in_memory_is_refused_before_allocating(train_here, override):
+    with pytest.raises(CharLMError, match=r"needs about [\d,.]+ GiB to train .* GiB is available in RAM"):
+        train_here(override)
+
+
+BAD_TRAINING = {
+    "lr=nan": r"lr must be a finite number > 0, got nan",
+    "lr=inf": r"lr must be a finite number > 0, got inf",
+    "seed=-1": r"seed must be an integer from 0 to 4294967295, got -1",
+    "seed=abc": r"seed must be an integer from 0 to 4294967295, got 'abc'",
+    "threads=1000": r"threads must be an integer from 1 to \d+ or null, got 1000",
+    "max_time=garbage": r"max_time must be DD:HH:MM:SS",
+    "data.train_fraction=1": r"data.train_fraction must be a finite number in \(0, 1\), got 1",
+    "dropout=nan": r"dropout must be a finite number in \[0, 1\), got nan",
+    "optimizer.betas=[2,0.9]": r"optimizer.betas\[0\] must be a finite number in \[0, 1\), got 2",
+    "trainer.precision=8-bit": r"trainer.precision must be one of",
+    "callbacks.early_stopping.patience=-1": r"callbacks.early_stopping.patience must be an integer >= 0",
+    "compile=maybe": r"compile must be true or false, got 'maybe'",
+}
+
+
+@pytest.mark.parametrize("override", BAD_TRAINING, ids=list(BAD_TRAINING))
+def test_bad_training_values_get_one_clear_error(train_here, override):
+    with pytest.raises(CharLMError, match=f"^{BAD_TRAINING[override]}"):
+        train_here(override)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_a_gpu_without_one_is_one_clear_error(train_here):
+    with pytest.raises(CharLMError, match=r"needs a CUDA GPU, and torch finds none on this machine"):
+        train_here("trainer=gpu")
+
+
+def compose_sample(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="sample", overrides=list(overrides))
+
+
+BAD_SAMPLING = {
+    "seed=abc": r"seed must be an integer from 0 to 4294967295 or null, got 'abc'",
+    "temperature=nan": r"temperature must be a finite number >= 0, got nan",
+    "device=foo": r"device must be a torch device such as cpu or cuda, got 'foo'",
+    "top_k=0": r"top_k must be a positive integer or null, got 0",
+}
+
+
+@pytest.mark.parametrize("override", BAD_SAMPLING, ids=list(BAD_SAMPLING))
+def test_bad_sampling_values_get_one_clear_error(trained_run, override):
+    with pytest.raises(CharLMError, match=f"^{BAD_SAMPLING[override]}"):
+        sample(compose_sample(f"ckpt={trained_run}", override))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_sampling_on_a_missing_gpu_is_one_clear_error(trained_run):
+    with pytest.raises(CharLMError, match=r"device=cuda: torch finds no CUDA GPU on this machine; use device=cpu"):
+        sample(compose_sample(f"ckpt={trained_run}", "device=cuda"))
+
+
+def test_a_half_written_summary_is_named_and_the_other_runs_reported(tmp_path):
+    for name, text in [("a", json.dumps({"model": "gpt", "best_val_loss": 1.5, "status": "finished"})),
+                       ("b", '{"model": "gpt", "best_val')]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
+        (tmp_path / name / "summary.json").write_text(text)
+    write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "| a | gpt |" in report and "1.5000" in report
+    assert f"unreadable summary.json ({tmp_path / 'b' / 'summary.json'})" in report
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("", r"--case needs a preset name"),
+    ("gpt_0.2m notakey=3", r"bad override in 'gpt_0.2m notakey=3': .*notakey"),
+])
+def test_bad_benchmark_cases_get_one_clear_error(case, message):
+    with pytest.raises(CharLMError, match=message):
+        bench.main(["training", "--case", case])
+
+
+def test_a_run_folder_is_held_by_one_live_run(tmp_path):
+    with hold_run_folder(tmp_path):
+        with pytest.raises(CharLMError, match=rf"{tmp_path} is in use by a live run \(pid {os.getpid()}\)"):
+            with hold_run_folder(tmp_path):
+                pass
+    with hold_run_folder(tmp_path):  # and free again once the first ends
+        pass
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    assert new_folder(str(tmp_path / "x")) == str(tmp_path / "x")
+    assert new_folder(str(tmp_path / "x")) == str(tmp_path / "x-2")
+    processes = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "max_steps=3", "eval_interval=3",
+                                   f"paths.root={tmp_path / 'out'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    runs = sorted((tmp_path / "out" / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:  # each its own: config, summary, one event file, its own log
+        assert json.loads((run / "summary.json").read_text())["steps"] == 3
+        assert len(list((run / "tb").glob("events.*"))) == 1
+        assert "run gpt" in (run / "train.log").read_text()
+
+
+def test_user_errors_inside_hydra_wrappers_and_file_errors_are_one_line():
+    inner = CharLMError("data.train_fraction must be between 0 and 1")
+    try:
+        raise InstantiationException("Error in call to target 'charlm.data.CharDataModule':\nCharLMError(...)") \
+            from inner
+    except InstantiationException as wrapped:
+        assert user_error(wrapped) is inner
+    denied = PermissionError(13, "Permission denied", "/x/report.md")
+    assert str(user_error(denied)) == "Permission denied: /x/report.md"
+    assert user_error(ZeroDivisionError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffhello".encode())
+    assert read_text(str(path)) == "hello"
+
+
+def test_slurm_requeue_saves_and_the_requeued_job_resumes(tmp_path):
+    """Lightning's SLURM auto-requeue: SIGUSR1 (sbatch --signal=SIGUSR1@90) saves hpc_ckpt_1.ckpt in the run
+    folder and asks scontrol to requeue (absent here: a warning); the requeued job, given the same run
+    folder, resumes from it."""
+    run_dir = tmp_path / "job"
+    slurm = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "charlm", "SLURM_NTASKS": "1",
+             "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODELIST": "127.0.0.1"}
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, "eval_interval=20", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen([*args, "max_steps=100000"], cwd=ROOT, env=slurm, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGUSR1)
+    while not (run_dir / "hpc_ckpt_1.ckpt").is_file():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1)  # let the save finish
+    process.kill()
+    process.wait()
+    saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"]
+    requeued = subprocess.run([*args, f"max_steps={saved + 5}"], cwd=ROOT, env=slurm, capture_output=True, text=True,
+                              timeout=300)
+    assert requeued.returncode == 0, requeued.stderr[-2000:]
+    assert f"resuming {run_dir / 'hpc_ckpt_1.ckpt'} at step {saved}" in requeued.stdout
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved + 5
+
+
+def test_train_log_holds_what_the_run_printed(trained_run):
+    log = (trained_run / "train.log").read_text()
+    assert "run gpt: gpt, " in log and "best checkpoint: " in log and "GPU available" in log
+
+
+def test_refusals_through_the_command_line_are_one_line(tmp_path):
+    """The classes above reach the user as one line and exit status 2 (run_cli), OOM-safety included."""
+    result = run_script("train.py", "batch_size=100000", "lr=nan", f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode == 2 and result.stderr.startswith("error: lr must be a finite number")
+    assert result.stderr.count("\n") == 1
+    result = run_script("train.py", "n_embd=100000", f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 2 and "needs about" in result.stderr and result.stderr.count("\n") == 1
