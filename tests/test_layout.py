@@ -104,6 +104,10 @@ def test_the_private_internals_still_exist():
     assert internals.mark_static_address(torch.zeros(2))
     trainer_module = L.LightningModule()
     assert hasattr(trainer_module, internals.LIGHTNING_HOOK_NAME_ATTRIBUTE)  # Lightning still names its hooks so
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit_loop.epoch_loop._batches_that_stepped = 7
+    assert internals.align_logging_step(trainer) and trainer.fit_loop.epoch_loop._batches_that_stepped == 0
 
 
 def test_plain_attribute_shortcut_only_takes_the_hook_name():
@@ -121,6 +125,7 @@ def test_fallbacks_when_the_internals_are_gone(monkeypatch):
         pass
 
     assert not internals.undo_module_compile(Plain())
+    assert not internals.align_logging_step(Plain())
 
 
 def test_config_ships_inside_the_package():
