@@ -19,6 +19,18 @@ TINY = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "data.eval_batch_
 
 
 @pytest.fixture(autouse=True, scope="session")
+def token_cache(tmp_path_factory):
+    """The token cache of every run in the tests (subprocesses included), not the user's."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"]) / "charlm" / "tokens"
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
+@pytest.fixture(autouse=True, scope="session")
 def user_facing_errors():
     """Tests check the one-line errors users see. Debug switches left set in the caller's shell would
     turn them into tracebacks in every subprocess, so the session runs without them."""

@@ -21,7 +21,7 @@ from charlm import bench, export, quantize
 from charlm.atomic import hold_run_folder
 from charlm.callbacks import RunCheckpoint
 from charlm.cli import new_folder, user_error
-from charlm.data import read_text
+from charlm.corpus import load_corpus
 from charlm.errors import CharLMError
 from charlm.report import write_report
 from charlm.sample import sample
@@ -272,7 +272,8 @@ def test_user_errors_inside_hydra_wrappers_and_file_errors_are_one_line():
 def test_a_byte_order_mark_is_not_text(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes("\ufeffhello".encode())
-    assert read_text(str(path)) == "hello"
+    corpus = load_corpus(str(path), "chars", tmp_path / "cache")
+    assert corpus.vocab.chars == "ehlo" and corpus.vocab.decode(corpus.tokens.tolist()) == "hello"
 
 
 def test_slurm_requeue_saves_and_the_requeued_job_resumes(tmp_path):

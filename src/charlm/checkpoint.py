@@ -81,14 +81,15 @@ def load_model(path: str | Path) -> LoadedModel:
     quantization = None
     if file.suffix == ".npz":
         meta, arrays = read_export(file)
-        model_config, vocab_chars = meta["model"], meta["vocab"]
+        model_config, vocab_chars, vocab_mode = meta["model"], meta["vocab"], meta.get("vocab_mode", "chars")
         state = {name: torch.from_numpy(array) for name, array in arrays.items()}
     else:
         checkpoint = read_checkpoint(file)
         hparams = checkpoint["hyper_parameters"]
         model_config, vocab_chars, quantization = hparams["model"], hparams["vocab"], hparams.get("quantization")
+        vocab_mode = hparams.get("vocab_mode", "chars")
         state = model_state(checkpoint["state_dict"])
-    vocab = Vocabulary(vocab_chars)
+    vocab = Vocabulary(vocab_chars, vocab_mode)
     model = build_model(model_config, vocab_size=len(vocab))
     if quantization is not None:
         quantize_model(model, quantization["quantize_head"])

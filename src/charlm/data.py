@@ -1,62 +1,33 @@
-"""Text loading, the train/validation split and the LightningDataModule serving character blocks."""
-
-from importlib import resources
-from pathlib import Path
+"""The train/validation/test split of a corpus's tokens and the LightningDataModule serving blocks."""
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from charlm.corpus import id_dtype, load_corpus, resolve_path
 from charlm.errors import CharLMError
 from charlm.vocab import Vocabulary
 
-TINY_SHAKESPEARE = "tinyshakespeare"
+SPLITS = ("train", "val", "test")
 
 
-def resolve_path(path: str | None) -> Path:
-    """`None` or "tinyshakespeare" means the corpus shipped inside the package."""
-    if path is None or path == TINY_SHAKESPEARE:
-        return Path(str(resources.files("charlm") / "corpora" / "tinyshakespeare.txt"))
-    return Path(path).expanduser()
+def split_bounds(length: int, train_fraction: float, test_fraction: float = 0.0) -> dict[str, tuple[int, int]]:
+    """Train first, then validation, then test, each one contiguous cut (no shuffling: held-out text
+    is unseen text). Fractions of the token count; validation gets what the other two leave."""
+    train_end = int(length * train_fraction)
+    test_start = length - int(length * test_fraction)
+    return {"train": (0, train_end), "val": (train_end, test_start), "test": (test_start, length)}
 
 
-def read_text(path: str | None) -> str:
-    """Read a UTF-8 text file, turning every way it can be unusable into a CharLMError."""
-    file = resolve_path(path)
-    if not file.exists():
-        raise CharLMError(f"data file not found: {file}")
-    if file.is_dir():
-        raise CharLMError(f"data path is a directory, not a text file: {file}")
-    try:
-        raw = file.read_bytes()
-    except OSError as err:
-        raise CharLMError(f"cannot read data file {file}: {err.strerror}") from None
-    if not raw:
-        raise CharLMError(f"data file is empty: {file}")
-    if b"\x00" in raw:
-        raise CharLMError(f"data file looks binary (it contains NUL bytes), not text: {file}")
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not part of the text
-    except UnicodeDecodeError as err:
-        raise CharLMError(
-            f"data file is not UTF-8 text: {file} (invalid byte at offset {err.start})"
-        ) from None
-
-
-def split_text(text: str, train_fraction: float) -> tuple[str, str]:
-    """Train first, validation last, as one cut (no shuffling: validation text is unseen text)."""
-    cut = int(len(text) * train_fraction)
-    return text[:cut], text[cut:]
-
-
-def shortest_text(need: int, train_fraction: float) -> int:
-    """The fewest characters whose split (split_text) leaves at least `need` on each side."""
-    # a lower bound: the cut is int(length * train_fraction), so the training side needs
-    # length >= need / f, and the validation side length > (need - 1) / (1 - f)
-    length = max(need, int(max(need / train_fraction, (need - 1) / (1 - train_fraction))))
+def shortest_text(need: int, train_fraction: float, test_fraction: float = 0.0) -> int:
+    """The fewest tokens whose split leaves at least `need` in each split there is."""
+    held_out = 1 - train_fraction - test_fraction
+    fractions = [f for f in (train_fraction, held_out, test_fraction) if f > 0]
+    length = max(need, int((need - 1) / max(fractions)))  # a lower bound, searched up from
     while True:
-        train, val = split_text(" " * length, train_fraction)
-        if len(train) >= need and len(val) >= need:
+        bounds = split_bounds(length, train_fraction, test_fraction)
+        if all(end - start >= need for name, (start, end) in bounds.items() if name != "test" or test_fraction):
             return length
         length += 1
 
@@ -98,82 +69,117 @@ class RandomBlockSampler(Sampler[list[int]]):
 
 
 class BlockDataset(Dataset):
-    """Blocks of `block_size` input ids and the next-character targets, fetched a batch at a time."""
+    """Blocks of `block_size` input ids and the next-character targets, fetched a batch at a time from
+    (memory-mapped) ids: only the rows asked for are read."""
 
-    def __init__(self, ids: torch.Tensor, block_size: int):
+    def __init__(self, ids: np.ndarray, block_size: int):
         self.ids = ids
-        self.window = torch.arange(block_size + 1)
+        self.window = np.arange(block_size + 1)
 
     def __len__(self) -> int:
         return len(self.ids) - len(self.window) + 1  # number of valid start offsets
 
     def __getitem__(self, offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = self.ids[torch.as_tensor(offsets)[:, None] + self.window].long()  # (B, T+1)
+        blocks = torch.from_numpy(self.ids[np.asarray(offsets)[:, None] + self.window].astype(np.int64))  # (B, T+1)
         return blocks[:, :-1], blocks[:, 1:]
 
 
-def validation_blocks(ids: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive non-overlapping blocks covering the whole validation split, in order."""
-    n = (len(ids) - 1) // block_size
-    inputs = ids[: n * block_size].long().view(n, block_size)  # (N, T)
-    targets = ids[1 : n * block_size + 1].long().view(n, block_size)  # (N, T)
-    return inputs, targets
+def evaluation_offsets(length: int, block_size: int, max_tokens: int | None = None) -> np.ndarray:
+    """Starts of consecutive non-overlapping blocks covering a split, in order; with `max_tokens`, at
+    most that many tokens' worth of them, spread evenly over the whole split (the same every time)."""
+    count = (length - 1) // block_size
+    starts = np.arange(count) * block_size
+    if max_tokens is not None and count * block_size > max_tokens:
+        keep = max(1, max_tokens // block_size)
+        starts = starts[np.linspace(0, count - 1, keep).round().astype(np.int64)]
+    return starts
 
 
 class CharDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str | None = None,
+        vocab: str = "chars",
         block_size: int = 32,
         batch_size: int = 16,
         eval_batch_size: int = 256,
         train_fraction: float = 0.9,
+        test_fraction: float = 0.0,
+        max_val_tokens: int | None = 1_000_000,
         num_batches: int = 5000,
         num_workers: int = 0,
         seed: int = 1337,
-        vocab: str | None = None,
+        cache_dir: str | None = None,
+        fixed_vocab: str | None = None,
     ):
         super().__init__()
         for name, value in [("block_size", block_size), ("batch_size", batch_size),
                             ("eval_batch_size", eval_batch_size), ("num_batches", num_batches)]:
             if value < 1:
                 raise CharLMError(f"{name} must be a positive integer, got {value}")
-        if not 0 < train_fraction < 1:
-            raise CharLMError(f"data.train_fraction must be between 0 and 1, got {train_fraction}")
+        if not 0 < train_fraction < 1 or not 0 <= test_fraction < 1 or train_fraction + test_fraction >= 1:
+            raise CharLMError(f"data.train_fraction ({train_fraction}) and data.test_fraction ({test_fraction}) "
+                              "must leave text for validation: both in [0, 1), train above 0, their sum below 1")
         if num_workers < 0:
             raise CharLMError(f"data.num_workers must be 0 or more, got {num_workers}")
+        # In checkpoints, under one key (the model's own "vocab" is its symbols): evaluate.py reads it.
+        self.save_hyperparameters({"data": {"path": path, "vocab": vocab, "train_fraction": train_fraction,
+                                            "test_fraction": test_fraction, "cache_dir": cache_dir}})
         self.path = path
+        self.vocab_mode = vocab
         self.block_size = block_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.train_fraction = train_fraction
+        self.test_fraction = test_fraction
+        self.max_val_tokens = max_val_tokens
         self.num_batches = num_batches
         self.num_workers = num_workers
         self.seed = seed
-        self.fixed_vocab = vocab
+        self.cache_dir = cache_dir
+        self.fixed_vocab = fixed_vocab
         self.vocab: Vocabulary | None = None
         self.prepared = False
 
     def setup(self, stage: str | None = None) -> None:
         if self.prepared:
             return
-        text = read_text(self.path)
-        self.vocab = Vocabulary(self.fixed_vocab) if self.fixed_vocab else Vocabulary.from_text(text)
-        if missing := self.vocab.unknown(text):
+        corpus = load_corpus(self.path, self.vocab_mode, self.cache_dir)
+        tokens, self.vocab = corpus.tokens, corpus.vocab
+        if self.fixed_vocab is not None:  # fine-tuning: the checkpoint's vocabulary
+            tokens, self.vocab = self.in_vocabulary(tokens, corpus.vocab, Vocabulary(self.fixed_vocab, self.vocab_mode))
+        need = self.block_size + 1
+        self.splits = {name: tokens[start:end] for name, (start, end) in
+                       split_bounds(len(tokens), self.train_fraction, self.test_fraction).items()}
+        short = [name for name in ("train", "val") if len(self.splits[name]) < need]
+        short += ["test"] if self.test_fraction and len(self.splits["test"]) < need else []
+        if short:
+            raise CharLMError(
+                f"data file {resolve_path(self.path)} is too short: {len(tokens)} {self.unit()}; with "
+                f"block_size={self.block_size} each split needs at least {need}, so the file needs at least "
+                f"{shortest_text(need, self.train_fraction, self.test_fraction)} (or lower block_size)")
+        self.prepared = True
+
+    def unit(self) -> str:
+        return "bytes" if self.vocab_mode == "bytes" else "characters"
+
+    def in_vocabulary(self, tokens: np.ndarray, own: Vocabulary, fixed: Vocabulary):
+        """The corpus's tokens as ids of the checkpoint's vocabulary, or one error naming what it lacks."""
+        if own == fixed:
+            return tokens, fixed
+        if missing := [ch for ch in own.chars if ch not in fixed.index]:
             raise CharLMError(f"{resolve_path(self.path)} has characters the model's vocabulary lacks: "
                               + ", ".join(repr(ch) for ch in missing))
-        train_text, val_text = split_text(text, self.train_fraction)
-        need = self.block_size + 1
-        if len(train_text) < need or len(val_text) < need:
-            raise CharLMError(
-                f"data file {resolve_path(self.path)} is too short: {len(text)} characters; "
-                f"with block_size={self.block_size} each split needs at least {need}, "
-                f"so the file needs at least {shortest_text(need, self.train_fraction)} (or lower block_size)"
-            )
-        dtype = torch.uint8 if len(self.vocab) <= 256 else torch.int32
-        self.train_ids = torch.tensor(self.vocab.encode(train_text), dtype=dtype)
-        self.val_ids = torch.tensor(self.vocab.encode(val_text), dtype=dtype)
-        self.prepared = True
+        remap = np.array([fixed.index[ch] for ch in own.chars], dtype=np.int64)
+        return remap[tokens].astype(id_dtype(len(fixed))), fixed
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return self.splits["train"]
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return self.splits["val"]
 
     def process_slot(self) -> tuple[int, int]:
         """(rank, world size) of this process; (0, 1) outside a distributed run."""
@@ -197,11 +203,20 @@ class CharDataModule(L.LightningDataModule):
                           generator=self.own_generator())
 
     def val_dataloader(self) -> DataLoader:
-        inputs, targets = validation_blocks(self.val_ids, self.block_size)
-        dataset = torch.utils.data.TensorDataset(inputs, targets)
+        return self.evaluation_loader("val", self.max_val_tokens)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.evaluation_loader("test", None)
+
+    def evaluation_loader(self, split: str, max_tokens: int | None) -> DataLoader:
+        """Non-overlapping blocks of a held-out split, in order, each exactly once across processes."""
+        ids = self.splits[split]
+        starts = evaluation_offsets(len(ids), self.block_size, max_tokens)
         rank, world_size = self.process_slot()
-        shard = range(rank, len(dataset), world_size)  # every block exactly once across processes
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=shard, generator=self.own_generator())
+        mine = starts[rank::world_size]
+        batches = [mine[i : i + self.eval_batch_size].tolist() for i in range(0, len(mine), self.eval_batch_size)]
+        return DataLoader(BlockDataset(ids, self.block_size), batch_size=None, sampler=batches,
+                          generator=self.own_generator())
 
     def own_generator(self) -> torch.Generator:
         """Every DataLoader iterator draws a seed; from its own generator it leaves the global random

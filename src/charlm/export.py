@@ -31,7 +31,7 @@ def export(checkpoint, fmt: str = "npz", out: Path | None = None) -> Path:
         raise CharLMError(f"{source} holds int8 weights, which the export format does not; export the float "
                           "checkpoint it was made from")
     arrays = {name: tensor.detach().cpu().numpy() for name, tensor in loaded.model.state_dict().items()}
-    write_export(out, loaded.model_config, loaded.vocab.chars, arrays)
+    write_export(out, loaded.model_config, loaded.vocab.chars, arrays, loaded.vocab.mode)
     return out
 
 

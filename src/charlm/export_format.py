@@ -14,8 +14,9 @@ FORMAT = "charlm-npz"
 VERSION = 1
 
 
-def write_export(path: Path, model_config: dict, vocab: str, arrays: dict[str, np.ndarray]) -> None:
-    meta = {"format": FORMAT, "version": VERSION, "model": model_config, "vocab": vocab}
+def write_export(path: Path, model_config: dict, vocab: str, arrays: dict[str, np.ndarray],
+                 vocab_mode: str = "chars") -> None:
+    meta = {"format": FORMAT, "version": VERSION, "model": model_config, "vocab": vocab, "vocab_mode": vocab_mode}
     # Through an open file: np.savez would append .npz to a name without it.
     atomic_write(path, lambda file: np.savez(file, __meta__=np.array(json.dumps(meta)), **arrays))
 

@@ -22,11 +22,11 @@ TOKENS_KEY = "tokens_trained"  # in checkpoints: training tokens so far, over ev
 class LanguageModel(L.LightningModule):
     """Holds a model, its vocabulary and the optimizer settings; all three are saved in checkpoints."""
 
-    def __init__(self, model: dict, vocab: str, optimizer: dict):
+    def __init__(self, model: dict, vocab: str, optimizer: dict, vocab_mode: str = "chars"):
         super().__init__()
-        self.save_hyperparameters()  # plain dicts and a string: load_from_checkpoint needs nothing else
+        self.save_hyperparameters()  # plain dicts and strings: load_from_checkpoint needs nothing else
         self.model = build_model(model, vocab_size=len(vocab))
-        self.vocab = Vocabulary(vocab)
+        self.vocab = Vocabulary(vocab, vocab_mode)
         self.optim = dict(optimizer)
         if self.optim["lr"] <= 0:
             raise CharLMError(f"lr must be positive, got {self.optim['lr']}")

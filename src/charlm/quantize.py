@@ -17,55 +17,51 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from charlm.atomic import atomic_write, check_output
 from charlm.checkpoint import find_checkpoint, load_model
 from charlm.cli import run_cli
-from charlm.data import read_text, split_text, validation_blocks
+from charlm.corpus import load_corpus
+from charlm.data import split_bounds
 from charlm.errors import CharLMError
+from charlm.evaluate import score
 from charlm.export import export
 from charlm.generation import generate
 from charlm.int8 import SCHEME, parameter_bytes, quantize_model
 from charlm.torch_runner import TorchRunner
 
 
-def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab: str, quantize_head: bool) -> None:
+def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab, quantize_head: bool) -> None:
     """A checkpoint that load_model() reads: hyper_parameters say how to rebuild the quantized model."""
     checkpoint = {
-        "hyper_parameters": {"model": model_config, "vocab": vocab,
+        "hyper_parameters": {"model": model_config, "vocab": vocab.chars, "vocab_mode": vocab.mode,
                              "quantization": {"scheme": SCHEME, "quantize_head": quantize_head}},
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
     }
     atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
-def validation_blocks_for(vocab, data_path: str | None, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation split (the last 10% of the text) as blocks, checked against the model before
-    anything is written: its characters, and at least one block."""
+def validation_tokens(vocab, data_path: str | None, block_size: int) -> np.ndarray:
+    """The validation split (the last 10%) of the text, checked against the model before anything is
+    written: its vocabulary, and at least one block."""
     path = data_path or "tinyshakespeare"
-    _, val_text = split_text(read_text(data_path), 0.9)
-    if missing := vocab.unknown(val_text):
+    corpus = load_corpus(data_path, vocab.mode)
+    start, end = split_bounds(len(corpus.tokens), 0.9)["val"]
+    if missing := [ch for ch in corpus.vocab.chars if ch not in vocab.index]:
         raise CharLMError(f"the validation text ({path}) has characters the model's vocabulary lacks: "
                           f"{', '.join(map(repr, missing[:10]))}; give the text the model was trained on "
                           "with --data PATH")
-    if len(val_text) < block_size + 1:
-        raise CharLMError(f"the validation text ({path}) is too short: its last 10% has {len(val_text)} characters, "
+    if end - start < block_size + 1:
+        raise CharLMError(f"the validation text ({path}) is too short: its last 10% has {end - start} characters, "
                           f"and one block of this model needs {block_size + 1}")
-    return validation_blocks(torch.tensor(vocab.encode(val_text)), block_size)
+    remap = np.array([vocab.index[ch] for ch in corpus.vocab.chars], dtype=np.int64)
+    return remap[corpus.tokens[start:end]]
 
 
-def validation_loss(model: nn.Module, blocks: tuple[torch.Tensor, torch.Tensor], batch_size: int = 64) -> float:
+def validation_loss(model: nn.Module, ids: np.ndarray) -> float:
     """Mean next-character loss over the validation blocks."""
-    inputs, targets = blocks
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch_size):
-            x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-            logits = model(x)
-            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-            count += y.numel()
+    total, count = score(model, ids, model.block_size, batch_size=64)
     return total / count
 
 
@@ -98,16 +94,16 @@ def main(argv: list[str]) -> None:
     original = load_model(source)
     if original.quantization is not None:
         raise CharLMError(f"{source} is already quantized")
-    blocks = validation_blocks_for(original.vocab, args.data, original.model.block_size)
+    val_ids = validation_tokens(original.vocab, args.data, original.model.block_size)
 
     float_file = export(source, "npz", float_out)
     quantized = quantize_model(load_model(source).model, args.quantize_head)
-    save_quantized(out, quantized, original.model_config, original.vocab.chars, args.quantize_head)
+    save_quantized(out, quantized, original.model_config, original.vocab, args.quantize_head)
     reloaded = load_model(out).model  # measure what sampling will load
 
     rows = []
     for name, model, file in [("float32", original.model, float_file), ("int8", reloaded, out)]:
-        loss = validation_loss(model, blocks)
+        loss = validation_loss(model, val_ids)
         rows.append((name, file.stat().st_size / 1e6, parameter_bytes(model) / 1e6, loss, loss / math.log(2),
                      generation_speed(model)))
     print(f"{source}: checkpoint file {source.stat().st_size / 1e6:.2f} MB (with optimizer state)")

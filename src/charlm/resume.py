@@ -8,6 +8,7 @@ from charlm.checkpoint import LoadedModel, find_checkpoint, load_model, newest_r
 from charlm.console import say
 from charlm.errors import CharLMError
 from charlm.model_config import full_config
+from charlm.vocab import Vocabulary
 
 
 def resume_file(ckpt_path: str, runs_dir: Path) -> Path:
@@ -51,7 +52,7 @@ def read_resume_checkpoint(file: Path) -> dict:
 
 
 def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
-                      vocab: str) -> tuple[Path | None, dict]:
+                      vocab: Vocabulary) -> tuple[Path | None, dict]:
     """Resolve `ckpt_path` and check the checkpoint fits this model and vocabulary.
 
     Returns the checkpoint file (None for a fresh run) and the checkpoint's contents ({} for a fresh run).
@@ -64,8 +65,9 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
     if saved.get("quantization") is not None or "optimizer_states" not in checkpoint:
         raise CharLMError(f"cannot resume from {file}: it holds weights only (an int8 or exported model), without "
                           "the optimizer state a resumed run needs; give the run folder or its last.ckpt")
-    if saved["vocab"] != vocab:
-        raise CharLMError(f"cannot resume from {file}: it was trained on a different vocabulary (other data)")
+    if Vocabulary(saved["vocab"], saved.get("vocab_mode", "chars")) != vocab:
+        raise CharLMError(f"cannot resume from {file}: it was trained on a different vocabulary (other data, "
+                          "or another data.vocab)")
     there, here = full_config(saved["model"]), full_config(model_config)
     if there != here:
         changed = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
@@ -83,10 +85,12 @@ def fine_tune_source(cfg: DictConfig) -> tuple[LoadedModel, dict]:
     init = load_model(cfg.init_from)
     if init.quantization is not None:
         raise CharLMError(f"cannot fine-tune a quantized checkpoint: {init.path}; use the float checkpoint")
+    if init.vocab.mode != cfg.data.vocab:
+        raise CharLMError(f"{init.path} reads text as {init.vocab.mode}: add data.vocab={init.vocab.mode}")
     config = dict(init.model_config)
     if "dropout" in config:
         config["dropout"] = cfg.dropout
     cfg.block_size = init.model.block_size
     say(f"fine-tuning {init.path}: its model ({config['name']}, block_size {cfg.block_size}) and vocabulary "
-        f"({len(init.vocab)} characters); size knobs on the command line are ignored")
+        f"({init.vocab.describe()}); size knobs on the command line are ignored")
     return init, config

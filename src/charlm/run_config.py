@@ -98,8 +98,15 @@ def check_run_config(cfg: DictConfig) -> None:
 
     data = cfg.data
     checks.text("data.path", data.path)
+    checks.choice("data.vocab", data.vocab, ("chars", "bytes"))
+    checks.integer("data.max_val_tokens", data.max_val_tokens, nullable=True)
+    checks.text("data.cache_dir", data.cache_dir, nullable=True)
     checks.integer("data.eval_batch_size", data.eval_batch_size)
     checks.number("data.train_fraction", data.train_fraction, 0, 1, low_open=True, high_open=True)
+    checks.number("data.test_fraction", data.test_fraction, 0, 1, high_open=True)
+    if data.train_fraction + data.test_fraction >= 1:
+        raise CharLMError(f"data.train_fraction ({data.train_fraction}) + data.test_fraction ({data.test_fraction}) "
+                          "must be below 1: validation needs the rest")
     checks.integer("data.num_workers", data.num_workers, low=0)
 
     trainer = cfg.trainer

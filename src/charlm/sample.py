@@ -61,8 +61,9 @@ def sample(cfg: DictConfig) -> None:
     out = sys.stdout
     if cfg.num_samples == 1:  # stream character by character
         out.write(cfg.prompt)
+        text_of = vocab.streaming_decoder()
         for next_id in steps:
-            out.write(vocab.chars[int(next_id[0])])
+            out.write(text_of(int(next_id[0])))
             out.flush()
         out.write("\n")
     else:  # one batch; print each sample when all are done

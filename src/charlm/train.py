@@ -51,9 +51,9 @@ def train(cfg: DictConfig) -> float:
     use_fast_kernels(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data, vocab=init.vocab.chars if init else None)
+    datamodule = instantiate(cfg.data, fixed_vocab=init.vocab.chars if init else None)
     datamodule.setup("fit")  # read and check the text now, so bad data fails before anything else
-    vocab = datamodule.vocab.chars
+    vocab = datamodule.vocab
     check_fits(model_config, len(vocab), cfg.batch_size, cfg.block_size, training_device(cfg), cpu_processes(cfg))
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None and (requeued := requeue_checkpoint(run_dir)):
@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> float:
         say(f"resuming {ckpt_file} at step {start_step}; checkpoints and TensorBoard go to {run_dir}")
     ensure_writable(run_dir / "checkpoints")
 
-    module = LanguageModel(model=model_config, vocab=vocab,
+    module = LanguageModel(model=model_config, vocab=vocab.chars, vocab_mode=vocab.mode,
                            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
     if init is not None:
         module.model.load_state_dict(init.model.state_dict())
@@ -83,8 +83,8 @@ def train(cfg: DictConfig) -> float:
             say("compiled the model with torch.compile")
     n_params = count_parameters(module.model)
     say(f"run {cfg.name}: {model_config['name']}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as float32), "
-        f"vocabulary {len(vocab)}, {len(datamodule.train_ids):,} train / "
-        f"{len(datamodule.val_ids):,} val characters, output in {run_dir}")
+        f"vocabulary {vocab.describe()}, {len(datamodule.train_ids):,} train / {len(datamodule.val_ids):,} val / "
+        f"{len(datamodule.splits['test']):,} test tokens, output in {run_dir}")
     receptive_field = getattr(module.model, "receptive_field", None)
     if receptive_field is not None:
         say(f"receptive field: {receptive_field} characters (block_size {cfg.block_size})")

@@ -15,7 +15,7 @@ def load_export(path) -> tuple[NumpyGPT, Vocabulary]:
     config = dict(meta["model"])
     if config.get("name") != "gpt":
         raise CharLMError(f"the NumPy engine runs GPT models; {path} holds a {config.get('name')} model")
-    return NumpyGPT(config, arrays), Vocabulary(meta["vocab"])
+    return NumpyGPT(config, arrays), Vocabulary(meta["vocab"], meta.get("vocab_mode", "chars"))
 
 
 __all__ = ["NumpyGPT", "load_export", "random_weights"]

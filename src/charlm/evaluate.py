@@ -1,0 +1,122 @@
+"""`evaluate.py`'s work: a trained model's loss on a held-out split, in nats per character and bits.
+
+Block scoring cuts the split into consecutive non-overlapping blocks of block_size, as validation
+during training does, so on the validation split it gives the run's own val/loss. Sliding-window
+scoring (stride=S) moves a block_size window S characters at a time and scores each character once,
+with up to block_size characters of context: a lower, context-rich number, reported separately.
+"""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from charlm import checks
+from charlm.checkpoint import find_checkpoint, load_model, newest_run, read_checkpoint
+from charlm.corpus import VOCAB_MODES, load_corpus, resolve_path
+from charlm.data import SPLITS, BlockDataset, evaluation_offsets, split_bounds
+from charlm.errors import CharLMError
+from charlm.torch_runner import check_device
+
+# What a run's data settings were, when its checkpoint does not say (exports, older checkpoints).
+DATA_DEFAULTS = {"path": "tinyshakespeare", "vocab": "chars", "train_fraction": 0.9, "test_fraction": 0.0,
+                 "cache_dir": None}
+
+
+def windows(length: int, block_size: int, stride: int | None) -> list[tuple[int, int]]:
+    """(start, first scored position) of each window over `length` targets. Without a stride, the
+    non-overlapping blocks; with one, windows S apart that together score every target exactly once."""
+    if stride is None:
+        return [(int(start), 0) for start in evaluation_offsets(length + 1, block_size)]
+    if length < block_size:
+        raise CharLMError(f"the split has {length} characters to score, fewer than one block of {block_size}")
+    spans, scored_to = [(0, 0)], block_size
+    for start in range(stride, length - block_size + 1, stride):
+        spans.append((start, scored_to - start))
+        scored_to = start + block_size
+    if scored_to < length:  # the tail: one last window that ends at the split's end
+        start = length - block_size
+        spans.append((start, scored_to - start))
+    return spans
+
+
+@torch.inference_mode()
+def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None = None, batch_size: int = 256,
+          device: str = "cpu", progress: bool = False) -> tuple[float, int]:
+    """(summed loss in nats, characters scored) of `ids` under `model`."""
+    spans = windows(len(ids) - 1, block_size, stride)
+    dataset = BlockDataset(ids, block_size)
+    total, count = 0.0, 0
+    bar = tqdm(total=len(spans), unit="block", disable=not progress, file=sys.stderr, leave=False)
+    for i in range(0, len(spans), batch_size):
+        batch = spans[i : i + batch_size]
+        inputs, targets = dataset[[start for start, _ in batch]]  # (B, T) each
+        logits = model(inputs.to(device)).float()  # (B, T, V)
+        losses = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), reduction="none")
+        losses = losses.view(len(batch), block_size)
+        for row, (_, first) in enumerate(batch):
+            total += losses[row, first:].double().sum().item()
+            count += block_size - first
+        bar.update(len(batch))
+    bar.close()
+    return total, count
+
+
+def data_settings(cfg: DictConfig, checkpoint_file) -> dict:
+    """The data the run was trained on, as its checkpoint recorded it, with the command line's changes."""
+    settings = dict(DATA_DEFAULTS)
+    if checkpoint_file.suffix == ".ckpt":
+        recorded = read_checkpoint(checkpoint_file).get("datamodule_hyper_parameters", {}).get("data", {})
+        settings |= {key: recorded[key] for key in DATA_DEFAULTS if key in recorded}
+    settings |= {key: value for key, value in cfg.data.items() if value is not None}
+    return settings
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    checks.choice("split", cfg.split, SPLITS[1:])
+    checks.integer("stride", cfg.stride, nullable=True)
+    checks.integer("batch_size", cfg.batch_size)
+    checks.text("device", cfg.device)
+    check_device("device", cfg.device)
+    if cfg.data.vocab is not None:
+        checks.choice("data.vocab", cfg.data.vocab, VOCAB_MODES)
+    file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
+    loaded = load_model(file)
+    data = data_settings(cfg, loaded.path)
+    corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
+    if corpus.vocab != loaded.vocab:
+        raise CharLMError(f"{resolve_path(data['path'])} read as {data['vocab']} gives another vocabulary "
+                          f"({corpus.vocab.describe()}) than the model's ({loaded.vocab.describe()}); give the "
+                          "text and data.vocab the model was trained on")
+    if cfg.split == "test" and not data["test_fraction"]:
+        raise CharLMError("this run has no test split (data.test_fraction was 0); score split=val, or give "
+                          "data.test_fraction=F to cut one from the text")
+    start, end = split_bounds(len(corpus.tokens), data["train_fraction"], data["test_fraction"])[cfg.split]
+    ids = corpus.tokens[start:end]
+    block_size = loaded.model.block_size
+    if cfg.stride is not None and cfg.stride > block_size:
+        raise CharLMError(f"stride must be at most block_size ({block_size}), got {cfg.stride}")
+    if len(ids) < block_size + 1:
+        raise CharLMError(f"the {cfg.split} split has {len(ids)} characters, fewer than one block of {block_size} + 1")
+    model = loaded.model.to(cfg.device)
+    print(f"scoring {file} on the {cfg.split} split of {corpus.source} ({len(ids):,} tokens)", file=sys.stderr)
+    results = {"checkpoint": str(file), "split": cfg.split, "tokens": len(ids)}
+    for name, stride in [("blocks", None)] + ([("sliding", cfg.stride)] if cfg.stride else []):
+        began = time.perf_counter()
+        total, count = score(model, ids, block_size, stride, cfg.batch_size, cfg.device, progress=True)
+        seconds = time.perf_counter() - began
+        loss = total / count
+        results[name] = {"loss": loss, "bpc": loss / math.log(2), "scored": count, "seconds": seconds}
+        how = f"blocks of {block_size}" if stride is None else f"windows of {block_size}, stride {stride}"
+        print(f"{cfg.split} {name}: loss {loss:.4f} nats/char, {loss / math.log(2):.4f} bpc over {count:,} "
+              f"characters ({how}; {count / seconds:,.0f} characters/s)")
+    return results
+
+

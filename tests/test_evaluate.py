@@ -1,0 +1,82 @@
+"""evaluate.py: held-out loss that agrees with training's, sliding windows, test splits, byte-level runs."""
+
+import json
+import math
+
+import pytest
+from conftest import CONF, TINY, run_script
+from hydra import compose, initialize_config_dir
+
+from charlm.errors import CharLMError
+from charlm.evaluate import evaluate, windows
+from charlm.export import export
+from charlm.sample import sample
+
+
+def compose_named(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def test_the_command_agrees_with_the_runs_own_best_val_loss(trained_run):
+    result = run_script("evaluate.py", f"ckpt={trained_run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = json.loads((trained_run / "summary.json").read_text())["best_val_loss"]
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("val blocks:")]
+    assert float(line.split("loss ")[1].split()[0]) == pytest.approx(best, abs=1e-4)
+    assert "over 111,536 characters (blocks of 16;" in line  # the whole split: 6,971 blocks of 16
+
+
+def test_block_scoring_matches_training_exactly_and_sliding_scores_every_character_once(trained_run):
+    results = evaluate(compose_named("evaluate", f"ckpt={trained_run}", "stride=4"))
+    best = json.loads((trained_run / "summary.json").read_text())["best_val_loss"]
+    assert results["blocks"]["loss"] == pytest.approx(best, abs=1e-5)
+    assert results["sliding"]["scored"] == results["tokens"] - 1  # every target, once
+    assert results["sliding"]["loss"] < math.log(65)
+
+
+@pytest.mark.parametrize(("length", "block", "stride"), [(100, 16, 4), (100, 16, 16), (17, 16, 5), (1000, 32, 7)])
+def test_sliding_windows_score_each_target_once_with_the_most_context(length, block, stride):
+    scored = []
+    for start, first in windows(length, block, stride):
+        assert 0 <= start and start + block <= length
+        scored += [start + i for i in range(first, block)]
+    assert scored == list(range(length))
+
+
+def test_a_test_split_is_scored_and_its_absence_named(train_here, tmp_path):
+    _, run_dir = train_here(*TINY, "max_steps=6", "eval_interval=6", "data.test_fraction=0.05")
+    results = evaluate(compose_named("evaluate", f"ckpt={run_dir}", "split=test"))
+    assert results["tokens"] == int(1_115_394 * 0.05)  # the last 5%, as the run cut it
+    with pytest.raises(CharLMError, match=r"this run has no test split \(data.test_fraction was 0\)"):
+        evaluate(compose_named("evaluate", f"ckpt={run_dir}", "split=test", "data.test_fraction=0"))
+
+
+def test_an_export_is_scored_like_its_checkpoint(trained_run, tmp_path):
+    npz = export(trained_run, out=tmp_path / "model.npz")
+    from_export = evaluate(compose_named("evaluate", f"ckpt={npz}"))
+    from_checkpoint = evaluate(compose_named("evaluate", f"ckpt={trained_run}"))
+    assert from_export["blocks"]["loss"] == pytest.approx(from_checkpoint["blocks"]["loss"], abs=1e-6)
+
+
+def test_other_text_or_vocabulary_is_refused_everywhere(trained_run, train_here):
+    with pytest.raises(CharLMError, match=r"read as bytes gives another vocabulary \(256 bytes\) than the model's "
+                                          r"\(65 characters\)"):
+        evaluate(compose_named("evaluate", f"ckpt={trained_run}", "data.vocab=bytes"))
+    with pytest.raises(CharLMError, match=r"trained on a different vocabulary \(other data, or another data.vocab\)"):
+        train_here(*TINY, "data.vocab=bytes", f"ckpt_path={trained_run}")
+
+
+def test_a_byte_level_model_trains_fine_tunes_and_samples_utf8(train_here, tmp_path, capsys):
+    french = tmp_path / "fr.txt"
+    french.write_text("Ça va très bien, merci. Où est la bibliothèque ? Déjà vu, à bientôt !\n" * 200)
+    _, run_dir = train_here(*TINY, f"data.path={french}", "data.vocab=bytes", "max_steps=30", "eval_interval=30",
+                            "lr=1e-2", "optimizer.warmup_steps=0")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["best_val_loss"] < math.log(256) - 1  # it learns the bytes
+    with pytest.raises(CharLMError, match=r"reads text as bytes: add data.vocab=bytes"):
+        train_here(*TINY, f"init_from={run_dir}", "max_steps=2", run_dir=tmp_path / "ft")
+    capsys.readouterr()
+    sample(compose_named("sample", f"ckpt={run_dir}", "prompt='Ça'", "num_tokens=40", "seed=0"))
+    out = capsys.readouterr().out
+    assert out.startswith("Ça") and out.encode("utf-8").decode("utf-8") == out  # text, whatever the bytes
