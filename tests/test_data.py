@@ -172,3 +172,45 @@ def test_memory_does_not_hold_the_corpus(tmp_path):
     for split in dm.splits.values():
         assert isinstance(split, np.memmap)
     assert sum(len(s) for s in dm.splits.values()) == len(SHAKESPEARE) and sys.getsizeof(dm.splits["train"]) < 1000
+
+
+def test_the_data_benchmark_encodes_like_nanogpt(tmp_path):
+    """The benchmark's baseline and the token store agree on the corpus they time (a non-ASCII one)."""
+    from charlm.bench_data import make_corpus, nanogpt_encode, store_load
+
+    corpus = tmp_path / "corpus.txt"
+    assert make_corpus(corpus, 2) <= 2_000_000
+    text = corpus.read_text(encoding="utf-8")
+    assert "你好" in text and text.startswith("First Citizen:")
+    _, _, ours = store_load(str(corpus), str(tmp_path / "cache"))
+    _, _, theirs = nanogpt_encode(str(corpus))
+    assert ours == theirs == len(text)
+
+
+def test_a_disk_that_fills_while_caching_leaves_no_cache_to_trust(tmp_path, monkeypatch, capsys):
+    path, cache = tmp_path / "t.txt", tmp_path / "cache"
+    path.write_text("abc\n" * 1000)
+    real_encode = encode
+
+    def full_disk(source, mode, out):
+        if out is not None:
+            out.write_bytes(b"\x00" * 10)  # part of the tokens, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_encode(source, mode, out)
+
+    monkeypatch.setattr("charlm.corpus.encode", full_disk)
+    corpus = load_corpus(str(path), "chars", cache)
+    assert corpus.cache_file is None and corpus.vocab.decode(corpus.tokens.tolist()) == path.read_text()
+    assert "No space left on device" in capsys.readouterr().err
+    assert [p.name for p in cache.iterdir()] == []  # no half file under any name
+    monkeypatch.undo()
+    assert load_corpus(str(path), "chars", cache).cache_file is not None  # the next run caches it
+
+
+def test_splits_too_small_or_leaving_no_validation_text_are_refused(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("to be or not to be\n" * 20)  # 380 characters
+    with pytest.raises(CharLMError, match=r"too short: 380 characters; .* needs at least 17, so the file needs"):
+        CharDataModule(path=str(path), block_size=16, test_fraction=0.02, cache_dir=str(tmp_path / "c")).setup()
+    with pytest.raises(CharLMError, match=r"must leave text for validation"):
+        CharDataModule(path=str(path), train_fraction=0.9, test_fraction=0.1)

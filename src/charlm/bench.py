@@ -2,6 +2,7 @@
 
     python -m charlm.bench training     # Lightning loop vs a bare PyTorch loop, MFU, peak memory
     python -m charlm.bench generation   # tokens/s with and without caches
+    python -m charlm.bench data         # a large corpus through the token store, against nanoGPT-style encoding
 
 Models come from the experiment presets (a case may add overrides: "gpt_2.7m block_size=128
 batch_size=32"), trained on Tiny Shakespeare or, for generation, with random weights (speed does not
@@ -31,6 +32,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from charlm.bench_data import bench_data
 from charlm.cli import one_line, register_resolvers, run_cli
 from charlm.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
 from charlm.errors import CharLMError
@@ -347,7 +349,7 @@ def positive_ints(text: str) -> list[int]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m charlm.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["training", "generation"])
+    parser.add_argument("kind", choices=["training", "generation", "data"])
     parser.add_argument("--case", action="append", help="training: a preset plus overrides, e.g. "
                         "'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the four standard cases)")
     parser.add_argument("--steps", type=int, default=150, help="training: steps per loop and round")
@@ -362,6 +364,9 @@ def main(argv: list[str]) -> None:
                         help="generation: also time torch with a compiled cached step (GPT presets)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="generation: where torch runs (default: cuda if available)")
+    parser.add_argument("--megabytes", type=int, default=1000, help="data: size of the generated UTF-8 corpus")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="data: skip nanoGPT-style encoding (slow and memory-hungry on large corpora)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
@@ -376,6 +381,10 @@ def main(argv: list[str]) -> None:
     command = "python -m charlm.bench " + " ".join(f"'{a}'" if " " in a else a for a in argv)
     if args.kind == "training":
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
+    elif args.kind == "data":
+        if args.megabytes < 2:
+            raise CharLMError("--megabytes must be at least 2")
+        rows = bench_data(args.megabytes, args.steps, args.rounds, not args.no_baseline, print_row)
     else:
         rows = bench_generation([p for p in args.presets.split(",") if p], args.tokens, args.batch, args.repeats,
                                 args.numpy, args.compile, args.device)

@@ -1,4 +1,6 @@
-"""A training run from a composed Hydra config: data, model, trainer, fit, report."""
+"""A training run from a composed Hydra config: data, model, trainer, fit, report.
+
+`python train.py` (or `python -m charlm.train`, which needs no source tree) runs `main`."""
 
 import contextlib
 import json
@@ -8,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import lightning as L
 import numpy as np
 import torch
@@ -19,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from charlm.atomic import atomic_write, ensure_writable, hold_run_folder
 from charlm.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
 from charlm.checkpoint import load_model, read_checkpoint
+from charlm.cli import register_resolvers, run_cli
 from charlm.console import is_rank_zero, say
 from charlm.devices import check_devices, compile_model, training_device, use_fast_kernels
 from charlm.errors import Interrupted
@@ -171,3 +175,17 @@ def report_run(cfg: DictConfig, model_name: str, trainer: L.Trainer, run_dir: Pa
         "sample:", sample,
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
+
+
+@hydra.main(version_base="1.3", config_path="pkg://charlm.conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    return run_cli(train, cfg)
+
+
+def main() -> None:
+    register_resolvers()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
