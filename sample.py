@@ -1,16 +1,6 @@
-"""Generate text from a trained checkpoint: `python sample.py ckpt=RUN_OR_FILE prompt=ROMEO:` (see conf/sample.yaml)."""
+"""Generate text from a trained model: `python sample.py ckpt=RUN_OR_FILE prompt="To be, or not"` (conf/sample.yaml)."""
 
-import hydra
-from omegaconf import DictConfig
-
-from charlm.cli import run_cli
-from charlm.sample import sample
-
-
-@hydra.main(version_base="1.3", config_path="pkg://charlm.conf", config_name="sample")
-def main(cfg: DictConfig) -> None:
-    run_cli(sample, cfg)
-
+from charlm.commands import sample_main
 
 if __name__ == "__main__":
-    main()
+    sample_main()

@@ -1,6 +1,6 @@
-"""Train a character-level language model: `python train.py [key=value ...]` (see conf/)."""
+"""Train a character-level language model: `python train.py [key=value ...]` (see conf/config.yaml)."""
 
-from charlm.train import main
+from charlm.commands import train_main
 
 if __name__ == "__main__":
-    main()
+    train_main()

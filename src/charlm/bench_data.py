@@ -72,7 +72,8 @@ def train_run(data_path: str, cache_dir: str, run_dir: str) -> tuple[float, floa
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     env = {**os.environ, "XDG_CACHE_HOME": cache_dir, "CHARLM_FIRST_STEP_FILE": str(stamp)}
     start = time.time()
-    result = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "charlm.train", f"data.path={data_path}",
+    result = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "charlm.commands", "train",
+                             f"data.path={data_path}",
                              "max_steps=2", "eval_interval=2", "callbacks.progress_bar.refresh_rate=0",
                              "+callbacks.first_step._target_=charlm.bench_data.FirstStepStamp",
                              f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, check=True)

@@ -75,6 +75,20 @@ class TextSampleCallback(L.Callback):
                 logger.experiment.add_text("sample", markdown, trainer.global_step)
 
 
+class LearningRates(L.Callback):
+    """One TensorBoard curve per optimizer, `lr/<optimizer>`, on logging steps. (Lightning's
+    LearningRateMonitor draws one per parameter group: two identical curves for AdamW's decayed and
+    undecayed groups.)"""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if (trainer.global_step + 1) % trainer.log_every_n_steps:
+            return
+        rates = {f"lr/{type(optimizer).__name__.lower()}": optimizer.param_groups[0]["lr"]
+                 for optimizer in trainer.optimizers}
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=trainer.global_step)
+
+
 class StopNow(BaseException):
     """A second interrupt: leave at once. Not an Exception, so nothing on the way catches it as an error."""
 

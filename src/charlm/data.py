@@ -124,7 +124,7 @@ class CharDataModule(L.LightningDataModule):
             raise CharLMError(f"data.num_workers must be 0 or more, got {num_workers}")
         # In checkpoints, under one key (the model's own "vocab" is its symbols): evaluate.py reads it.
         self.save_hyperparameters({"data": {"path": path, "vocab": vocab, "train_fraction": train_fraction,
-                                            "test_fraction": test_fraction, "cache_dir": cache_dir}})
+                                            "test_fraction": test_fraction, "cache_dir": cache_dir}}, logger=False)
         self.path = path
         self.vocab_mode = vocab
         self.block_size = block_size

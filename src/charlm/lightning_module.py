@@ -24,7 +24,8 @@ class LanguageModel(L.LightningModule):
 
     def __init__(self, model: dict, vocab: str, optimizer: dict, vocab_mode: str = "chars"):
         super().__init__()
-        self.save_hyperparameters()  # plain dicts and strings: load_from_checkpoint needs nothing else
+        # Plain dicts and strings, in checkpoints; TensorBoard gets flat settings at the run's end instead.
+        self.save_hyperparameters(logger=False)
         self.model = build_model(model, vocab_size=len(vocab))
         self.vocab = Vocabulary(vocab, vocab_mode)
         self.optim = dict(optimizer)

@@ -29,7 +29,7 @@ def check_sample_config(cfg: DictConfig) -> None:
     checks.text("device", cfg.device)
     if cfg.compile and cfg.backend != "torch":
         raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
-    if not isinstance(cfg.prompt, str) or not cfg.prompt:
+    if cfg.prompt is not None and (not isinstance(cfg.prompt, str) or not cfg.prompt):
         raise CharLMError("prompt must contain at least one character")
 
 
@@ -55,12 +55,13 @@ def sample(cfg: DictConfig) -> None:
     check_sample_config(cfg)
     runner, vocab, path = open_model(cfg)
     print(f"sampling from {path} ({cfg.backend})", file=sys.stderr, flush=True)
-    prompt_ids = np.array([vocab.encode(cfg.prompt)] * cfg.num_samples, dtype=np.int64)
+    prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
+    prompt_ids = np.array([vocab.encode(prompt)] * cfg.num_samples, dtype=np.int64)
     rng = np.random.default_rng(cfg.seed)  # seed None: fresh entropy each call
     steps = generate(runner, prompt_ids, cfg.num_tokens, cfg.temperature, cfg.top_k, cfg.top_p, rng)
     out = sys.stdout
     if cfg.num_samples == 1:  # stream character by character
-        out.write(cfg.prompt)
+        out.write(prompt)
         text_of = vocab.streaming_decoder()
         for next_id in steps:
             out.write(text_of(int(next_id[0])))
@@ -71,5 +72,5 @@ def sample(cfg: DictConfig) -> None:
         for i, row in enumerate(columns.tolist()):
             if i:
                 out.write("\n" + "-" * 40 + "\n")
-            out.write(cfg.prompt + vocab.decode(row) + "\n")
+            out.write(prompt + vocab.decode(row) + "\n")
     out.flush()

@@ -1,16 +1,14 @@
-"""A training run from a composed Hydra config: data, model, trainer, fit, report.
-
-`python train.py` (or `python -m charlm.train`, which needs no source tree) runs `main`."""
+"""A training run from a composed Hydra config: data, model, trainer, fit, report."""
 
 import contextlib
 import json
 import math
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-import hydra
 import lightning as L
 import numpy as np
 import torch
@@ -22,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from charlm.atomic import atomic_write, ensure_writable, hold_run_folder
 from charlm.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
 from charlm.checkpoint import load_model, read_checkpoint
-from charlm.cli import register_resolvers, run_cli
 from charlm.console import is_rank_zero, say
 from charlm.devices import check_devices, compile_model, training_device, use_fast_kernels
 from charlm.errors import Interrupted
@@ -35,7 +32,7 @@ from charlm.report import write_report
 from charlm.resume import best_score, fine_tune_source, requeue_checkpoint, resume_checkpoint, run_folder_of
 from charlm.run_config import prepare_run_config
 from charlm.torch_runner import TorchRunner
-from charlm.trainer import build_trainer
+from charlm.trainer import RunLogger, build_trainer
 
 
 def command_line_overrides() -> list[str]:
@@ -112,7 +109,7 @@ def train(cfg: DictConfig) -> float:
         if not trainer.is_global_zero:
             return math.inf
         interrupted = interrupt is not None and interrupt.saved_at is not None
-        best = report_run(cfg, model_config["name"], trainer, run_dir, n_params, start_step, seconds, interrupted)
+        best = report_run(cfg, model_config, trainer, run_dir, n_params, start_step, seconds, interrupted)
     if interrupted:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
@@ -144,7 +141,18 @@ def final_state(trainer: L.Trainer, run_dir: Path) -> tuple[int, float, str, int
             state.get("best_model_path", ""), checkpoint.get(TOKENS_KEY))
 
 
-def report_run(cfg: DictConfig, model_name: str, trainer: L.Trainer, run_dir: Path, n_params: int,
+def run_settings(cfg: DictConfig, model_config: dict) -> dict:
+    """A run's settings as flat plain values, for comparing runs by them (TensorBoard's HParams)."""
+    settings = {"model": model_config["name"], **{f"model.{k}": v for k, v in model_config.items() if k != "name"}}
+    for key in ("lr", "batch_size", "block_size", "max_steps", "seed"):
+        settings[key] = cfg[key]
+    settings |= {f"optimizer.{k}": v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items()}
+    settings |= {"data.path": cfg.data.path, "data.vocab": cfg.data.vocab, "precision": str(cfg.trainer.precision)}
+    plain = (bool, int, float, str)
+    return {k: v if isinstance(v, plain) else str(v) for k, v in settings.items()}
+
+
+def report_run(cfg: DictConfig, model_config: dict, trainer: L.Trainer, run_dir: Path, n_params: int,
                start_step: int, seconds: float, interrupted: bool) -> float:
     """Write summary.json and print the end-of-run summary with a sample from the best checkpoint."""
     step, best_loss, best_path, total_tokens = final_state(trainer, run_dir)
@@ -152,12 +160,18 @@ def report_run(cfg: DictConfig, model_name: str, trainer: L.Trainer, run_dir: Pa
     tokens = (step - start_step) * tokens_per_step  # this call's; total_tokens spans resumes at other batch sizes
     status = "interrupted" if interrupted else "finished" if step >= cfg.max_steps else "stopped early"
     summary = {
-        "name": cfg.name, "model": model_name, "seed": cfg.seed, "parameters": n_params, "steps": step,
+        "name": cfg.name, "model": model_config["name"], "seed": cfg.seed, "parameters": n_params, "steps": step,
         "tokens": step * tokens_per_step if total_tokens is None else int(total_tokens),
         "best_val_loss": best_loss, "best_val_bpc": best_loss / math.log(2),
         "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path, "status": status,
     }
     atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
+    results = {"hparams/best_val_loss": best_loss, "hparams/best_val_bpc": summary["best_val_bpc"],
+               "hparams/parameters": n_params, "hparams/tokens_per_s": summary["tokens_per_s"]}
+    for logger in trainer.loggers:  # TensorBoard's HParams tab: every run of a sweep side by side
+        logger.log_hyperparams(run_settings(cfg, model_config), {k: v for k, v in results.items() if math.isfinite(v)})
+        if isinstance(logger, RunLogger):
+            logger.close()
     sample = ""
     if best_path:
         sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
@@ -173,19 +187,14 @@ def report_run(cfg: DictConfig, model_name: str, trainer: L.Trainer, run_dir: Pa
         f"val/loss {float(metrics.get('val/loss', math.nan)):.4f}, best val/loss {best_loss:.4f}",
         f"best checkpoint: {best_path or '-'}",
         "sample:", sample,
+        "", *next_commands(run_dir),
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
 
 
-@hydra.main(version_base="1.3", config_path="pkg://charlm.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> float:
-    return run_cli(train, cfg)
+def next_commands(run_dir: Path) -> list[str]:
+    """What to do with a finished run, ready to paste: sample, score, look (a sweep: all its runs)."""
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    logdir, ckpt = shlex.quote(str(HydraConfig.get().sweep.dir if sweep else run_dir)), shlex.quote(f"ckpt={run_dir}")
+    return ["next:", f"  python sample.py {ckpt}", f"  python evaluate.py {ckpt}", f"  tensorboard --logdir {logdir}"]
 
-
-def main() -> None:
-    register_resolvers()
-    hydra_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig
 
@@ -44,6 +45,24 @@ class NoProfiler(PassThroughProfiler):
 
     def profile(self, action_name: str) -> contextlib.AbstractContextManager:
         return self._nothing
+
+
+class RunLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger without the `epoch` chart it adds to every logged step (flat at 0
+    here: a run is one epoch); the run's settings and results go to the HParams tab once, at its end
+    (charlm.train.report_run), rather than the LightningModule's nested hyperparameters at its start."""
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+    def finalize(self, status: str) -> None:
+        # Flushed, not closed: the HParams entry written after fit then lands in the same event file
+        # (a resumed run's own file holds all it logged); close() ends it.
+        self.experiment.flush()
+        self.save()
+
+    def close(self) -> None:
+        self.experiment.close()
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:

@@ -1,0 +1,58 @@
+"""The Hydra entry points of train.py, sample.py and evaluate.py, light to import: each loads its
+task (torch, Lightning) only when it runs, so `--help`, `--info`, `--cfg job` and a mistyped override
+answer at once. `python -m charlm.commands train|sample|evaluate [key=value ...]` runs them without
+the repository's scripts (an installed package has no train.py)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from charlm.cli import register_resolvers, run_cli
+from charlm.prompts import take_prompt_arguments
+
+CONFIG = "pkg://charlm.conf"
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG, config_name="config")
+def run_train(cfg: DictConfig) -> float:
+    from charlm.train import train  # torch and Lightning: loaded for a run, not for --help or --cfg
+
+    return run_cli(train, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG, config_name="sample")
+def run_sample(cfg: DictConfig) -> None:
+    from charlm.sample import sample  # the torch backend loads torch only when it samples
+
+    run_cli(sample, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG, config_name="evaluate")
+def run_evaluate(cfg: DictConfig) -> None:
+    from charlm.evaluate import evaluate  # torch: loaded for a run, not for --help or --cfg
+
+    run_cli(evaluate, cfg)
+
+
+def train_main() -> None:
+    register_resolvers()
+    run_train()
+
+
+def sample_main() -> None:
+    run_cli(take_prompt_arguments)  # prompts as the shell passed them, before Hydra's grammar sees them
+    run_sample()
+
+
+def evaluate_main() -> None:
+    run_evaluate()
+
+
+MAINS = {"train": train_main, "sample": sample_main, "evaluate": evaluate_main}
+
+if __name__ == "__main__":
+    command = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+    if command not in MAINS:
+        sys.exit(f"usage: python -m charlm.commands {{{','.join(MAINS)}}} [key=value ...]")
+    MAINS[command]()

@@ -1,0 +1,108 @@
+"""What users type and see: prompts as the shell passes them, TensorBoard that compares runs, instant
+answers from the entry points, and what to do after a run."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from charlm.prompts import hydra_quoted
+
+TRICKY = ["To be, or not", "RÖMEO 🌹: é", "朱丽叶, (hark)! = 'x'", "a\\b ${x} \\'", "[1,2] {a: b} ~x %s"]
+
+
+@pytest.fixture(scope="module")
+def polyglot_run(tmp_path_factory):
+    """A tiny model trained on text with every character the tricky prompts use."""
+    from conftest import train_in_process
+
+    folder = tmp_path_factory.mktemp("polyglot")
+    corpus = folder / "text.txt"
+    corpus.write_text(("".join(TRICKY) + "\nline two\n") * 300, encoding="utf-8")
+    train_in_process(folder / "run", *TINY, f"data.path={corpus}", "max_steps=4", "eval_interval=4")
+    return folder / "run"
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_quoting_for_hydra_gives_back_the_exact_text(compose_config, text):
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert compose(config_name="sample", overrides=[f"prompt={hydra_quoted(text)}"]).prompt == text
+
+
+def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
+    for text in TRICKY[:3]:
+        result = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt={text}", "num_tokens=5", "seed=0")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.startswith(text) and len(result.stdout) == len(text) + 5 + 1
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("line two\nRÖMEO", encoding="utf-8")
+    from_file = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt_file={prompt_file}", "num_tokens=5")
+    assert from_file.returncode == 0 and from_file.stdout.startswith("line two\nRÖMEO")
+    from_stdin = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"ckpt={polyglot_run}", "prompt=-",
+                                 "num_tokens=5"], input="朱丽叶", capture_output=True, text=True, timeout=120)
+    assert from_stdin.returncode == 0 and from_stdin.stdout.startswith("朱丽叶")
+    unknown = run_script("sample.py", f"ckpt={polyglot_run}", "prompt=Zebra", "num_tokens=5")
+    assert unknown.returncode == 2 and "not in the model's vocabulary: 'Z'" in unknown.stderr
+    missing = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt_file={tmp_path / 'none.txt'}")
+    assert missing.returncode == 2 and "prompt_file not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def hparams_of(run_dir) -> tuple[dict, set]:
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    hparams = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+               for key, value in start.session_start_info.hparams.items()}
+    metrics = {info.name.tag for info in experiment.experiment.metric_infos}
+    return hparams, metrics
+
+
+def test_every_run_has_its_settings_and_results_in_tensorboards_hparams_tab(trained_run):
+    hparams, metrics = hparams_of(trained_run)
+    assert hparams["model"] == "gpt" and hparams["model.n_embd"] == 16 and hparams["lr"] == pytest.approx(1e-3)
+    assert hparams["optimizer.warmup_steps"] == 100 and hparams["data.vocab"] == "chars"
+    assert metrics == {"hparams/best_val_loss", "hparams/best_val_bpc", "hparams/parameters", "hparams/tokens_per_s"}
+    events = EventAccumulator(str(trained_run / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"lr/adamw", "train/loss", "val/loss", "val/bpc"} <= tags
+    assert "epoch" not in tags and not any(tag.startswith("lr-AdamW") for tag in tags)
+
+
+def test_a_run_ends_with_the_commands_to_use_it(train_here, capsys):
+    _, run_dir = train_here(*TINY, "max_steps=3", "eval_interval=3")
+    out = capsys.readouterr().out
+    assert f"next:\n  python sample.py ckpt={run_dir}\n  python evaluate.py ckpt={run_dir}\n" \
+           f"  tensorboard --logdir {run_dir}" in out
+
+
+def modules_imported(importtime_log: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    return {line.rsplit("|", 1)[-1].strip() for line in importtime_log.splitlines() if line.startswith("import time")}
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "evaluate.py"])
+@pytest.mark.parametrize("flag", ["--cfg job", "--help"])
+def test_config_answers_import_neither_torch_nor_lightning(script, flag):
+    """`--cfg job`, `--help` (and mistyped overrides) are answered before the heavy imports."""
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / script), *flag.split()],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = modules_imported(result.stderr)
+    assert "hydra" in imported and not imported & {"torch", "lightning"}
+
+
+def test_a_mistyped_override_is_answered_without_torch(tmp_path):
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), "nlayer=3"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0 and "nlayer" in result.stderr
+    imported = modules_imported(result.stderr)
+    assert not imported & {"torch", "lightning"}
