@@ -285,17 +285,20 @@ def test_slurm_requeue_saves_and_the_requeued_job_resumes(tmp_path):
              "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
              "SLURM_LOCALID": "0", "SLURM_NODELIST": "127.0.0.1"}
     args = [sys.executable, str(ROOT / "train.py"), *TINY, "eval_interval=20", f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen([*args, "max_steps=100000"], cwd=ROOT, env=slurm, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+    log = tmp_path / "first-job.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([*args, "max_steps=100000"], cwd=ROOT, env=slurm, stdout=output, stderr=output)
+
+    def wait_for(path: Path) -> None:
+        deadline = time.time() + 120
+        while not path.is_file():
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, f"no {path.name}: " + log.read_text()[-3000:]
+            time.sleep(0.05)
+
+    wait_for(run_dir / "checkpoints" / "last.ckpt")  # training, with Lightning's signal handlers in place
     process.send_signal(signal.SIGUSR1)
-    while not (run_dir / "hpc_ckpt_1.ckpt").is_file():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(1)  # let the save finish
+    wait_for(run_dir / "hpc_ckpt_1.ckpt")  # written atomically: complete once it exists
     process.kill()
     process.wait()
     saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"]
