@@ -83,3 +83,31 @@ def test_tuned_presets_keep_the_published_size_and_token_budget(compose_config, 
     assert tokens[0] == tokens[1] == budget
     sizes = [count_parameters(m) for m in (tuned_model, published_model)]
     assert abs(sizes[0] - sizes[1]) / sizes[1] <= 0.02
+
+
+def test_the_warmup_stable_decay_schedule():
+    from charlm.recipe import warmup_cosine, warmup_stable_decay
+
+    steps = [warmup_stable_decay(s, 10, 110, 0.1, 0.2) for s in range(120)]
+    assert steps[0] == pytest.approx(1 / 11) and steps[9] == pytest.approx(10 / 11)  # warm-up
+    assert steps[10:90] == [1.0] * 80  # stable until the last 20% of the 100 steps after warm-up
+    assert steps[100] == pytest.approx(1 - 0.9 * 10 / 20) and steps[110:] == [pytest.approx(0.1)] * 10
+    assert all(a >= b for a, b in zip(steps[10:], steps[11:], strict=False))  # never rises again
+    assert warmup_cosine(110, 10, 110, 0.1) == pytest.approx(0.1)  # both end at the same floor
+
+
+def test_the_schedule_knob_reaches_the_optimizer(compose_config):
+    from omegaconf import OmegaConf
+
+    from charlm.models import build_model
+    from charlm.recipe import make_optimizer
+
+    cfg = compose_config("optimizer.schedule=wsd", "optimizer.warmup_steps=0", "max_steps=100")
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=65)
+    optimizer, scheduler = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True), cfg.max_steps)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[79] == pytest.approx(1e-3) and rates[99] < 2e-4  # stable, then decayed in the last 20 steps

@@ -11,7 +11,9 @@ def tiny_gpt(**overrides):
 
 
 @pytest.mark.parametrize("options", [{}, {"activation": "gelu", "tie_weights": True, "bias": False},
-                                     {"norm": "post"}, {"pos_encoding": "sinusoidal"}, {"pos_encoding": "rope"}])
+                                     {"norm": "post"}, {"pos_encoding": "sinusoidal"}, {"pos_encoding": "rope"},
+                                     {"norm_type": "rmsnorm", "qk_norm": True, "activation": "relu2",
+                                      "logit_softcap": 15.0, "pos_encoding": "rope"}])
 def test_future_tokens_never_change_past_logits(options):
     torch.manual_seed(0)
     model = tiny_gpt(**options)
@@ -49,6 +51,8 @@ def test_weight_tying_shares_one_matrix():
         ({"pos_encoding": "rope", "n_embd": 18, "n_head": 2}, "rope needs an even head size"),
         ({"n_layer": "four"}, "n_layer must be int"),
         ({"n_layers": 3}, "unexpected keyword argument 'n_layers'"),
+        ({"logit_softcap": -1.0}, "logit_softcap must be 0 \\(off\\) or positive"),
+        ({"norm_type": "batchnorm"}, "norm_type must be one of"),
     ],
 )
 def test_bad_model_options_get_clear_errors(options, message):
@@ -68,3 +72,28 @@ def test_cached_chunk_after_a_cache_sees_the_right_past(pos_encoding):
         second, cache = model.forward_cached(idx[:, 8:], cache)
     assert cache.length == 20
     assert torch.allclose(torch.cat([first, second], dim=1), reference, atol=1e-5)
+
+
+def test_zero_initialised_projections_make_every_block_start_as_the_identity():
+    torch.manual_seed(0)
+    model = tiny_gpt(zero_init_proj=True)
+    projections = [p for name, p in model.named_parameters() if name.endswith("proj.weight")]
+    assert len(projections) == 2 * 2 and all(torch.count_nonzero(p) == 0 for p in projections)
+    idx = torch.randint(11, (2, 24))
+    with torch.no_grad():
+        x = model.tok_emb(idx) + model.pos_emb.weight[:24]
+        expected = model.head(model.ln_f(x))  # no block changes the residual stream yet
+        torch.testing.assert_close(model(idx), expected)
+
+
+def test_soft_capped_logits_stay_inside_the_cap():
+    torch.manual_seed(0)
+    model = tiny_gpt(logit_softcap=2.0)
+    idx = torch.randint(11, (2, 24))
+    with torch.no_grad():
+        model.head.weight.mul_(1000)  # logits far beyond the cap without it
+        logits = model(idx)
+        model.config.logit_softcap = 0.0
+        uncapped = model(idx)
+    assert uncapped.abs().max() > 100 and logits.abs().max() <= 2.0
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(uncapped / 2.0))

@@ -26,6 +26,9 @@ CONFIGS = {
     "rotary positions": dict(pos_encoding="rope"),
     "xavier init": dict(init="xavier"),
     "post-LayerNorm": dict(norm="post"),
+    "RMSNorm, QK-norm, ReLU², soft-capped logits": dict(norm_type="rmsnorm", qk_norm=True, activation="relu2",
+                                                        logit_softcap=10.0, pos_encoding="rope"),
+    "post-RMSNorm, QK-norm": dict(norm="post", norm_type="rmsnorm", qk_norm=True),
 }
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 from charlm.errors import CharLMError
 
-GPT_ACTIVATIONS = ("gelu", "relu")
+GPT_ACTIVATIONS = ("gelu", "relu", "relu2")
 GPT_POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 
 
@@ -46,6 +46,10 @@ class GPTConfig:
     pos_encoding: str = "learned"  # "learned" table, fixed "sinusoidal" encoding, or "rope" (rotary, in attention)
     init: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections; "xavier": Glorot uniform
     norm: str = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (the original transformer)
+    norm_type: str = "layernorm"  # "layernorm" or "rmsnorm" (scale only, no mean subtracted)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap); 0: off
+    zero_init_proj: bool = False  # start the residual projections (attention and MLP outputs) at zero
 
     def __post_init__(self):
         check_fields(self, "GPT")
@@ -53,8 +57,11 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"pos_encoding=rope needs an even head size, got {self.n_embd // self.n_head}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must be 0 (off) or positive, got {self.logit_softcap}")
         for name, allowed in [("activation", GPT_ACTIVATIONS), ("pos_encoding", GPT_POS_ENCODINGS),
-                              ("init", ("gpt2", "xavier")), ("norm", ("pre", "post"))]:
+                              ("init", ("gpt2", "xavier")), ("norm", ("pre", "post")),
+                              ("norm_type", ("layernorm", "rmsnorm"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
 

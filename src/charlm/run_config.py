@@ -95,6 +95,8 @@ def check_run_config(cfg: DictConfig) -> None:
     checks.integer("optimizer.warmup_steps", optimizer.warmup_steps, low=0)
     checks.number("optimizer.min_lr_ratio", optimizer.min_lr_ratio, 0, 1)
     checks.integer("optimizer.decay_steps", optimizer.decay_steps, nullable=True)
+    checks.choice("optimizer.schedule", optimizer.schedule, ("cosine", "wsd"))
+    checks.number("optimizer.decay_fraction", optimizer.decay_fraction, 0, 1, low_open=True)
 
     data = cfg.data
     checks.text("data.path", data.path)

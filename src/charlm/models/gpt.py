@@ -15,7 +15,20 @@ from torch import nn
 
 from charlm.model_config import GPTConfig
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+class ReLUSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "relu2": ReLUSquared}
+RMS_EPS = 1e-6  # for qk_norm; the NumPy engine uses the same
+
+
+def norm_layer(config: GPTConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
 def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
@@ -67,6 +80,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.qk_norm = config.qk_norm
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias and config.qkv_bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
@@ -79,7 +93,10 @@ class CausalSelfAttention(nn.Module):
         and the queries attend to every visible slot."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, D)
-        qk = qkv[:, :, :2] if rotary is None else rotate(qkv[:, :, :2], *rotary)  # queries and keys at once
+        qk = qkv[:, :, :2]  # queries and keys at once
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (C // self.n_head,), eps=RMS_EPS)
+        qk = qk if rotary is None else rotate(qk, *rotary)
         q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), qkv[:, :, 2]))  # (B, H, T, D) each
         if cache is None:
             dropout = self.dropout if self.training else 0.0
@@ -111,9 +128,9 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.post_norm = config.norm == "post"
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -142,7 +159,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = norm_layer(config)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias and not config.tie_weights)
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
@@ -160,6 +177,10 @@ class GPT(nn.Module):
             for name, param in self.named_parameters():
                 if name.endswith("proj.weight"):
                     nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init_proj:  # each block starts as the identity; its output grows from zero
+            for name, param in self.named_parameters():
+                if name.endswith("proj.weight"):
+                    nn.init.zeros_(param)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) to next-token logits (B, T, V), each position seeing only its past."""
@@ -207,4 +228,6 @@ class GPT(nn.Module):
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rotary, None if caches is None else caches[i])
-        return self.head(self.ln_f(x))  # (B, T, V)
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits

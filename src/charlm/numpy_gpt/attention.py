@@ -5,7 +5,10 @@ import math
 import numpy as np
 
 from charlm.numpy_gpt.feedforward import dropout, linear
+from charlm.numpy_gpt.layernorm import rms
 from charlm.numpy_gpt.positional import rotate
+
+RMS_EPS = 1e-6  # as the torch GPT's qk_norm
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -23,11 +26,12 @@ class KeyValueCache:
 
 
 class MultiHeadAttention:
-    def __init__(self, weights: dict, prefix: str, n_head: int, dropout_p: float = 0.0):
+    def __init__(self, weights: dict, prefix: str, n_head: int, dropout_p: float = 0.0, qk_norm: bool = False):
         self.qkv_w, self.qkv_b = weights[f"{prefix}.qkv.weight"], weights.get(f"{prefix}.qkv.bias")
         self.proj_w, self.proj_b = weights[f"{prefix}.proj.weight"], weights.get(f"{prefix}.proj.bias")
         self.n_head = n_head
         self.dropout_p = dropout_p
+        self.qk_norm = qk_norm
 
     def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,
                  rng: np.random.Generator | None = None,
@@ -37,6 +41,8 @@ class MultiHeadAttention:
         D = C // self.n_head
         qkv = linear(x, self.qkv_w, self.qkv_b)  # (B, T, 3C)
         q, k, v = (part.reshape(B, T, self.n_head, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
+        if self.qk_norm:
+            q, k = rms(q, RMS_EPS), rms(k, RMS_EPS)
         if rotary is not None:
             q, k = rotate(q, *rotary), rotate(k, *rotary)
         start = 0

@@ -5,16 +5,16 @@ import numpy as np
 
 from charlm.numpy_gpt.attention import KeyValueCache, MultiHeadAttention
 from charlm.numpy_gpt.feedforward import FeedForward
-from charlm.numpy_gpt.layernorm import LayerNorm
+from charlm.numpy_gpt.layernorm import norm_layer
 
 
 class DecoderBlock:
     def __init__(self, weights: dict, prefix: str, n_head: int, activation: str, dropout_p: float = 0.0,
-                 norm: str = "pre"):
+                 norm: str = "pre", norm_type: str = "layernorm", qk_norm: bool = False):
         self.post_norm = norm == "post"
-        self.ln_1 = LayerNorm(weights[f"{prefix}.ln_1.weight"], weights.get(f"{prefix}.ln_1.bias"))
-        self.attn = MultiHeadAttention(weights, f"{prefix}.attn", n_head, dropout_p)
-        self.ln_2 = LayerNorm(weights[f"{prefix}.ln_2.weight"], weights.get(f"{prefix}.ln_2.bias"))
+        self.ln_1 = norm_layer(weights, f"{prefix}.ln_1", norm_type)
+        self.attn = MultiHeadAttention(weights, f"{prefix}.attn", n_head, dropout_p, qk_norm)
+        self.ln_2 = norm_layer(weights, f"{prefix}.ln_2", norm_type)
         self.mlp = FeedForward(weights, f"{prefix}.mlp", activation, dropout_p)
 
     def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,

@@ -23,7 +23,11 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-ACTIVATIONS = {"gelu": gelu, "relu": relu}
+def relu_squared(x: np.ndarray) -> np.ndarray:
+    return np.square(np.maximum(x, 0.0))
+
+
+ACTIVATIONS = {"gelu": gelu, "relu": relu, "relu2": relu_squared}
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

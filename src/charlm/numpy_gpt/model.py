@@ -13,7 +13,7 @@ from charlm.model_config import GPTConfig, model_settings
 from charlm.numpy_gpt.attention import KeyValueCache
 from charlm.numpy_gpt.block import DecoderBlock
 from charlm.numpy_gpt.feedforward import dropout, linear
-from charlm.numpy_gpt.layernorm import LayerNorm
+from charlm.numpy_gpt.layernorm import norm_layer
 from charlm.numpy_gpt.positional import PositionalEncoding, rotary_tables, sinusoidal_encoding
 
 
@@ -37,8 +37,9 @@ class NumpyGPT:
         else:  # rope
             self.rotary = rotary_tables(self.block_size, self.n_embd // self.n_head)
         self.blocks = [DecoderBlock(weights, f"blocks.{i}", self.n_head, settings.activation, self.dropout_p,
-                                    settings.norm) for i in range(self.n_layer)]
-        self.ln_f = LayerNorm(weights["ln_f.weight"], weights.get("ln_f.bias"))
+                                    settings.norm, settings.norm_type, settings.qk_norm) for i in range(self.n_layer)]
+        self.ln_f = norm_layer(weights, "ln_f", settings.norm_type)
+        self.logit_softcap = settings.logit_softcap
         self.head_w = self.tok_emb if settings.tie_weights else weights["head.weight"]  # (V, C)
         self.head_b = weights.get("head.bias")
 
@@ -59,7 +60,9 @@ class NumpyGPT:
             x = block(x, cache, layer, rng, rotary)
         if cache is not None:
             cache.length += T
-        return linear(self.ln_f(x), self.head_w, self.head_b)  # (B, T, V)
+        logits = linear(self.ln_f(x), self.head_w, self.head_b)  # (B, T, V)
+        cap = self.logit_softcap
+        return (cap * np.tanh(logits / cap)).astype(logits.dtype) if cap else logits
 
     # The runner interface of charlm.sampling.generate:
     def logits(self, ids: np.ndarray) -> np.ndarray:
