@@ -13,6 +13,7 @@ import yaml
 from conftest import CONF, TINY, run_script
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_usability import hparams_of
 
 from charlm.errors import CharLMError
 from charlm.sample import sample
@@ -213,6 +214,8 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
         assert float(row["tokens_per_s"]) * float(row["wall_time_s"]) == pytest.approx(20 * 16 * 16, rel=1e-6)
     assert (tmp_path / "val_loss.png").stat().st_size > 10_000
     assert "| cnn |" in (tmp_path / "report.md").read_text()
+    # TensorBoard on the sweep folder compares both runs by their settings
+    assert [hparams_of(tmp_path / job)[0]["model"] for job in jobs] == ["cnn", "gpt"]
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
