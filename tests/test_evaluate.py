@@ -80,3 +80,14 @@ def test_a_byte_level_model_trains_fine_tunes_and_samples_utf8(train_here, tmp_p
     sample(compose_named("sample", f"ckpt={run_dir}", "prompt='Ça'", "num_tokens=40", "seed=0"))
     out = capsys.readouterr().out
     assert out.startswith("Ça") and out.encode("utf-8").decode("utf-8") == out  # text, whatever the bytes
+
+
+def test_a_fine_tuned_model_is_scored_on_the_text_it_was_tuned_on(trained_run, train_here, tmp_path):
+    """That text has fewer characters than the model's vocabulary: its ids are mapped into it."""
+    sonnet = tmp_path / "sonnet.txt"
+    sonnet.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 60)
+    best, tuned = train_here(*TINY, f"init_from={trained_run}", f"data.path={sonnet}", "max_steps=4",
+                             "eval_interval=4")
+    results = evaluate(compose_named("evaluate", f"ckpt={tuned}"))
+    assert results["tokens"] == len(sonnet.read_text()) - int(len(sonnet.read_text()) * 0.9)
+    assert results["blocks"]["loss"] == pytest.approx(best, abs=1e-5)  # the run's own number

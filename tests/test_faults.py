@@ -174,12 +174,6 @@ BAD_TRAINING = {
 }
 
 
-@pytest.mark.parametrize("override", BAD_TRAINING, ids=list(BAD_TRAINING))
-def test_bad_training_values_get_one_clear_error(train_here, override):
-    with pytest.raises(CharLMError, match=f"^{BAD_TRAINING[override]}"):
-        train_here(override)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asking_for_a_gpu_without_one_is_one_clear_error(train_here):
     with pytest.raises(CharLMError, match=r"needs a CUDA GPU, and torch finds none on this machine"):
@@ -199,10 +193,17 @@ BAD_SAMPLING = {
 }
 
 
-@pytest.mark.parametrize("override", BAD_SAMPLING, ids=list(BAD_SAMPLING))
-def test_bad_sampling_values_get_one_clear_error(trained_run, override):
-    with pytest.raises(CharLMError, match=f"^{BAD_SAMPLING[override]}"):
-        sample(compose_sample(f"ckpt={trained_run}", override))
+BAD_VALUES = [("train", override, message) for override, message in BAD_TRAINING.items()] + \
+             [("sample", override, message) for override, message in BAD_SAMPLING.items()]
+
+
+@pytest.mark.parametrize(("entry", "override", "message"), BAD_VALUES, ids=[f"{e}: {o}" for e, o, _ in BAD_VALUES])
+def test_bad_values_get_one_clear_error(train_here, trained_run, entry, override, message):
+    with pytest.raises(CharLMError, match=f"^{message}"):
+        if entry == "train":
+            train_here(override)
+        else:
+            sample(compose_sample(f"ckpt={trained_run}", override))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

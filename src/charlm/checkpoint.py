@@ -64,6 +64,7 @@ class LoadedModel:
     model_config: dict
     path: Path
     quantization: dict | None = None  # set for int8 checkpoints from charlm.quantize
+    data: dict | None = None  # the data settings its run recorded (training checkpoints only)
 
 
 def model_state(state_dict: dict) -> dict:
@@ -78,7 +79,7 @@ def model_state(state_dict: dict) -> dict:
 def load_model(path: str | Path) -> LoadedModel:
     """Build the model a checkpoint, run folder or .npz export describes and load its weights, in eval mode."""
     file = find_checkpoint(path)
-    quantization = None
+    quantization, data = None, None
     if file.suffix == ".npz":
         meta, arrays = read_export(file)
         model_config, vocab_chars, vocab_mode = meta["model"], meta["vocab"], meta.get("vocab_mode", "chars")
@@ -88,6 +89,7 @@ def load_model(path: str | Path) -> LoadedModel:
         hparams = checkpoint["hyper_parameters"]
         model_config, vocab_chars, quantization = hparams["model"], hparams["vocab"], hparams.get("quantization")
         vocab_mode = hparams.get("vocab_mode", "chars")
+        data = checkpoint.get("datamodule_hyper_parameters", {}).get("data")
         state = model_state(checkpoint["state_dict"])
     vocab = Vocabulary(vocab_chars, vocab_mode)
     model = build_model(model_config, vocab_size=len(vocab))
@@ -98,4 +100,4 @@ def load_model(path: str | Path) -> LoadedModel:
     except RuntimeError as err:
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
         raise CharLMError(f"weights in {file} do not match its model config ({detail})") from None
-    return LoadedModel(model.eval(), vocab, dict(model_config), file, quantization)
+    return LoadedModel(model.eval(), vocab, dict(model_config), file, quantization, data)

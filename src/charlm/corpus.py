@@ -143,6 +143,18 @@ def encode(file: Path, mode: str, out: Path | None) -> tuple[Vocabulary, np.ndar
     return vocab, None
 
 
+def ids_in(tokens: np.ndarray, own: Vocabulary, model: Vocabulary, what: str, hint: str = "") -> np.ndarray:
+    """Tokens of a corpus (ids of its `own` vocabulary) as ids of a model's vocabulary, which may hold
+    more characters (a fine-tuned model on the text it was tuned on); one error names what it lacks."""
+    if own == model:
+        return tokens
+    if missing := [ch for ch in own.chars if ch not in model.index]:
+        raise CharLMError(f"{what} has characters the model's vocabulary lacks: "
+                          + ", ".join(repr(ch) for ch in missing[:20]) + hint)
+    remap = np.array([model.index[ch] for ch in own.chars], dtype=np.int64)
+    return remap[tokens].astype(id_dtype(len(model)))
+
+
 class TokenCache:
     """Files in `folder`: tokens + .json per corpus and vocabulary, and an index from a source file's
     (path, size, modification time) to its content key."""

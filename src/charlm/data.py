@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from charlm.corpus import id_dtype, load_corpus, resolve_path
+from charlm.corpus import ids_in, load_corpus, resolve_path
 from charlm.errors import CharLMError
 from charlm.vocab import Vocabulary
 
@@ -147,7 +147,8 @@ class CharDataModule(L.LightningDataModule):
         corpus = load_corpus(self.path, self.vocab_mode, self.cache_dir)
         tokens, self.vocab = corpus.tokens, corpus.vocab
         if self.fixed_vocab is not None:  # fine-tuning: the checkpoint's vocabulary
-            tokens, self.vocab = self.in_vocabulary(tokens, corpus.vocab, Vocabulary(self.fixed_vocab, self.vocab_mode))
+            self.vocab = Vocabulary(self.fixed_vocab, self.vocab_mode)
+            tokens = ids_in(tokens, corpus.vocab, self.vocab, str(resolve_path(self.path)))
         need = self.block_size + 1
         self.splits = {name: tokens[start:end] for name, (start, end) in
                        split_bounds(len(tokens), self.train_fraction, self.test_fraction).items()}
@@ -162,16 +163,6 @@ class CharDataModule(L.LightningDataModule):
 
     def unit(self) -> str:
         return "bytes" if self.vocab_mode == "bytes" else "characters"
-
-    def in_vocabulary(self, tokens: np.ndarray, own: Vocabulary, fixed: Vocabulary):
-        """The corpus's tokens as ids of the checkpoint's vocabulary, or one error naming what it lacks."""
-        if own == fixed:
-            return tokens, fixed
-        if missing := [ch for ch in own.chars if ch not in fixed.index]:
-            raise CharLMError(f"{resolve_path(self.path)} has characters the model's vocabulary lacks: "
-                              + ", ".join(repr(ch) for ch in missing))
-        remap = np.array([fixed.index[ch] for ch in own.chars], dtype=np.int64)
-        return remap[tokens].astype(id_dtype(len(fixed))), fixed
 
     @property
     def train_ids(self) -> np.ndarray:

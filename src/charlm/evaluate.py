@@ -19,8 +19,8 @@ from torch import nn
 from tqdm import tqdm
 
 from charlm import checks
-from charlm.checkpoint import find_checkpoint, load_model, newest_run, read_checkpoint
-from charlm.corpus import VOCAB_MODES, load_corpus, resolve_path
+from charlm.checkpoint import find_checkpoint, load_model, newest_run
+from charlm.corpus import VOCAB_MODES, ids_in, load_corpus, resolve_path
 from charlm.data import SPLITS, BlockDataset, evaluation_offsets, split_bounds
 from charlm.errors import CharLMError
 from charlm.torch_runner import check_device
@@ -69,11 +69,10 @@ def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None
     return total, count
 
 
-def data_settings(cfg: DictConfig, checkpoint_file) -> dict:
+def data_settings(cfg: DictConfig, recorded: dict | None) -> dict:
     """The data the run was trained on, as its checkpoint recorded it, with the command line's changes."""
     settings = dict(DATA_DEFAULTS)
-    if checkpoint_file.suffix == ".ckpt":
-        recorded = read_checkpoint(checkpoint_file).get("datamodule_hyper_parameters", {}).get("data", {})
+    if recorded:
         settings |= {key: recorded[key] for key in DATA_DEFAULTS if key in recorded}
     settings |= {key: value for key, value in cfg.data.items() if value is not None}
     return settings
@@ -89,9 +88,9 @@ def evaluate(cfg: DictConfig) -> dict:
         checks.choice("data.vocab", cfg.data.vocab, VOCAB_MODES)
     file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
     loaded = load_model(file)
-    data = data_settings(cfg, loaded.path)
+    data = data_settings(cfg, loaded.data)
     corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
-    if corpus.vocab != loaded.vocab:
+    if corpus.vocab.mode != loaded.vocab.mode:
         raise CharLMError(f"{resolve_path(data['path'])} read as {data['vocab']} gives another vocabulary "
                           f"({corpus.vocab.describe()}) than the model's ({loaded.vocab.describe()}); give the "
                           "text and data.vocab the model was trained on")
@@ -99,7 +98,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise CharLMError("this run has no test split (data.test_fraction was 0); score split=val, or give "
                           "data.test_fraction=F to cut one from the text")
     start, end = split_bounds(len(corpus.tokens), data["train_fraction"], data["test_fraction"])[cfg.split]
-    ids = corpus.tokens[start:end]
+    ids = ids_in(corpus.tokens[start:end], corpus.vocab, loaded.vocab, str(corpus.source),
+                 "; give the text the model was trained on")  # a fine-tuned model: its text's subset
     block_size = loaded.model.block_size
     if cfg.stride is not None and cfg.stride > block_size:
         raise CharLMError(f"stride must be at most block_size ({block_size}), got {cfg.stride}")

@@ -22,7 +22,7 @@ from torch import nn
 from charlm.atomic import atomic_write, check_output
 from charlm.checkpoint import find_checkpoint, load_model
 from charlm.cli import run_cli
-from charlm.corpus import load_corpus
+from charlm.corpus import ids_in, load_corpus
 from charlm.data import split_bounds
 from charlm.errors import CharLMError
 from charlm.evaluate import score
@@ -48,15 +48,12 @@ def validation_tokens(vocab, data_path: str | None, block_size: int) -> np.ndarr
     path = data_path or "tinyshakespeare"
     corpus = load_corpus(data_path, vocab.mode)
     start, end = split_bounds(len(corpus.tokens), 0.9)["val"]
-    if missing := [ch for ch in corpus.vocab.chars if ch not in vocab.index]:
-        raise CharLMError(f"the validation text ({path}) has characters the model's vocabulary lacks: "
-                          f"{', '.join(map(repr, missing[:10]))}; give the text the model was trained on "
-                          "with --data PATH")
+    ids = ids_in(corpus.tokens[start:end], corpus.vocab, vocab, f"the validation text ({path})",
+                 "; give the text the model was trained on with --data PATH")
     if end - start < block_size + 1:
         raise CharLMError(f"the validation text ({path}) is too short: its last 10% has {end - start} characters, "
                           f"and one block of this model needs {block_size + 1}")
-    remap = np.array([vocab.index[ch] for ch in corpus.vocab.chars], dtype=np.int64)
-    return remap[corpus.tokens[start:end]]
+    return ids
 
 
 def validation_loss(model: nn.Module, ids: np.ndarray) -> float:
