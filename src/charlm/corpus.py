@@ -21,10 +21,9 @@ import numpy as np
 
 from charlm.atomic import atomic_write
 from charlm.errors import CharLMError
-from charlm.vocab import Vocabulary
+from charlm.vocab import MODES, Vocabulary
 
 TINY_SHAKESPEARE = "tinyshakespeare"
-VOCAB_MODES = ("chars", "bytes")
 FORMAT = "charlm-tokens"
 VERSION = 1
 CHUNK = 1 << 24  # bytes read, decoded and encoded at a time: memory stays flat whatever the corpus size
@@ -221,8 +220,8 @@ class TokenCache:
 def load_corpus(path: str | None, mode: str = "chars", cache_dir: str | Path | None = None) -> Corpus:
     """The corpus at `path` as tokens: from the cache when it holds them, else encoded into it. A cache
     folder that cannot be written gives a one-line warning and the tokens in memory instead."""
-    if mode not in VOCAB_MODES:
-        raise CharLMError(f"data.vocab must be one of {', '.join(VOCAB_MODES)}, got {mode!r}")
+    if mode not in MODES:
+        raise CharLMError(f"data.vocab must be one of {', '.join(MODES)}, got {mode!r}")
     source = resolve_path(path)
     check_source(source)
     stat = source.stat()

@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from charlm import checks
 from charlm.checkpoint import find_checkpoint, load_model, newest_run
-from charlm.corpus import VOCAB_MODES, ids_in, load_corpus, resolve_path
+from charlm.corpus import ids_in, load_corpus, resolve_path
 from charlm.data import SPLITS, BlockDataset, evaluation_offsets, split_bounds
 from charlm.errors import CharLMError
 from charlm.torch_runner import check_device
+from charlm.vocab import MODES
 
 # What a run's data settings were, when its checkpoint does not say (exports, older checkpoints).
 DATA_DEFAULTS = {"path": "tinyshakespeare", "vocab": "chars", "train_fraction": 0.9, "test_fraction": 0.0,
@@ -85,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict:
     checks.text("device", cfg.device)
     check_device("device", cfg.device)
     if cfg.data.vocab is not None:
-        checks.choice("data.vocab", cfg.data.vocab, VOCAB_MODES)
+        checks.choice("data.vocab", cfg.data.vocab, MODES)
     file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
     loaded = load_model(file)
     data = data_settings(cfg, loaded.data)

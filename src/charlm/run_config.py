@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlm import checks
 from charlm.errors import CharLMError
+from charlm.vocab import MODES
 
 # copy -> (owner, how the copy links to it in conf/)
 COPIES = {
@@ -100,7 +101,7 @@ def check_run_config(cfg: DictConfig) -> None:
 
     data = cfg.data
     checks.text("data.path", data.path)
-    checks.choice("data.vocab", data.vocab, ("chars", "bytes"))
+    checks.choice("data.vocab", data.vocab, MODES)
     checks.integer("data.max_val_tokens", data.max_val_tokens, nullable=True)
     checks.text("data.cache_dir", data.cache_dir, nullable=True)
     checks.integer("data.eval_batch_size", data.eval_batch_size)

@@ -27,10 +27,6 @@ class Vocabulary:
         self.index = {ch: i for i, ch in enumerate(chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocabulary":
-        return cls("".join(sorted(set(text))))
-
-    @classmethod
     def bytes(cls) -> "Vocabulary":
         return cls(BYTE_SYMBOLS, "bytes")
 
