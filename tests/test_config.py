@@ -111,3 +111,15 @@ def test_the_schedule_knob_reaches_the_optimizer(compose_config):
         optimizer.step()
         scheduler.step()
     assert rates[79] == pytest.approx(1e-3) and rates[99] < 2e-4  # stable, then decayed in the last 20 steps
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("gpt_0.2m", 208_385), ("gpt_2.7m", 2_675_265)])
+def test_swiglu_is_parameter_matched(compose_config, preset, expected):
+    """8/3 x n_embd wide, SwiGLU's three matrices hold exactly the weights of the plain MLP's two;
+    only fc's bias grows (2 x 8/3 x n_embd instead of 4 x n_embd)."""
+    _, plain = preset_model(compose_config, f"experiment={preset}")
+    _, swiglu = preset_model(compose_config, f"experiment={preset}", "model.activation=swiglu")
+    assert count_parameters(swiglu) == expected
+    matrices = [sum(p.numel() for p in m.parameters() if p.dim() == 2) for m in (plain, swiglu)]
+    assert matrices[0] == matrices[1]
+    assert abs(expected - count_parameters(plain)) / count_parameters(plain) < 0.02

@@ -13,7 +13,7 @@ def tiny_gpt(**overrides):
 @pytest.mark.parametrize("options", [{}, {"activation": "gelu", "tie_weights": True, "bias": False},
                                      {"norm": "post"}, {"pos_encoding": "sinusoidal"}, {"pos_encoding": "rope"},
                                      {"norm_type": "rmsnorm", "qk_norm": True, "activation": "relu2",
-                                      "logit_softcap": 15.0, "pos_encoding": "rope"}])
+                                      "logit_softcap": 15.0, "pos_encoding": "rope"}, {"activation": "swiglu"}])
 def test_future_tokens_never_change_past_logits(options):
     torch.manual_seed(0)
     model = tiny_gpt(**options)

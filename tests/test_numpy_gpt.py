@@ -29,6 +29,7 @@ CONFIGS = {
     "RMSNorm, QK-norm, ReLU², soft-capped logits": dict(norm_type="rmsnorm", qk_norm=True, activation="relu2",
                                                         logit_softcap=10.0, pos_encoding="rope"),
     "post-RMSNorm, QK-norm": dict(norm="post", norm_type="rmsnorm", qk_norm=True),
+    "SwiGLU": dict(activation="swiglu", pos_encoding="rope"),
 }
 
 

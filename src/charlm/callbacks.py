@@ -83,8 +83,11 @@ class LearningRates(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         if (trainer.global_step + 1) % trainer.log_every_n_steps:
             return
-        rates = {f"lr/{type(optimizer).__name__.lower()}": optimizer.param_groups[0]["lr"]
-                 for optimizer in trainer.optimizers}
+        rates = {}
+        for optimizer in trainer.optimizers:
+            # MuonWithAdamW: a curve for each of the two it steps
+            parts = getattr(optimizer, "optimizers", {type(optimizer).__name__.lower(): optimizer})
+            rates |= {f"lr/{name}": part.param_groups[0]["lr"] for name, part in parts.items()}
         for logger in trainer.loggers:
             logger.log_metrics(rates, step=trainer.global_step)
 

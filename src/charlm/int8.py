@@ -43,9 +43,17 @@ class Int8Conv1d(Int8Weight):
     def __init__(self, conv: nn.Conv1d):
         super().__init__(conv)
         self.dilation, self.padding, self.stride = conv.dilation, conv.padding, conv.stride
+        self.kernel_shape = (conv.out_channels, conv.in_channels, *conv.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        kernel = self.weight.view(self.kernel_shape)  # a MatrixConv1d keeps (out, in * k)
+        return F.conv1d(x, kernel, self.bias, self.stride, self.padding, self.dilation)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        values = state_dict.get(prefix + "qweight")
+        if values is not None and values.dim() != self.qweight.dim():  # saved with the other kernel layout
+            state_dict[prefix + "qweight"] = values.reshape(self.qweight.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def quantize_model(model: nn.Module, quantize_head: bool = False) -> nn.Module:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 from charlm.errors import CharLMError
 
-GPT_ACTIVATIONS = ("gelu", "relu", "relu2")
+GPT_ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
 GPT_POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 
 
@@ -39,7 +39,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 64
     dropout: float = 0.0
-    activation: str = "relu"  # "relu" or "gelu"
+    activation: str = "relu"  # "relu", "gelu", "relu2" (ReLU squared) or "swiglu" (gated, 2/3 width)
     bias: bool = True  # biases in linear layers and LayerNorms
     qkv_bias: bool = False  # bias on the query/key/value projection
     tie_weights: bool = False  # share the token embedding with the output projection
@@ -50,6 +50,12 @@ class GPTConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap); 0: off
     zero_init_proj: bool = False  # start the residual projections (attention and MLP outputs) at zero
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width: 4 x n_embd, or 8/3 x n_embd for SwiGLU, whose three matrices then hold
+        as many weights as the others' two."""
+        return round(8 * self.n_embd / 3) if self.activation == "swiglu" else 4 * self.n_embd
 
     def __post_init__(self):
         check_fields(self, "GPT")

@@ -51,9 +51,9 @@ def read_resume_checkpoint(file: Path) -> dict:
                           f"ckpt_path={best[-1]}") from None
 
 
-def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
-                      vocab: Vocabulary) -> tuple[Path | None, dict]:
-    """Resolve `ckpt_path` and check the checkpoint fits this model and vocabulary.
+def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict, vocab: Vocabulary,
+                      optimizer_name: str) -> tuple[Path | None, dict]:
+    """Resolve `ckpt_path` and check the checkpoint fits this model, vocabulary and optimizer.
 
     Returns the checkpoint file (None for a fresh run) and the checkpoint's contents ({} for a fresh run).
     """
@@ -68,6 +68,10 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
     if Vocabulary(saved["vocab"], saved.get("vocab_mode", "chars")) != vocab:
         raise CharLMError(f"cannot resume from {file}: it was trained on a different vocabulary (other data, "
                           "or another data.vocab)")
+    there, here = saved["optimizer"].get("name", "adamw"), optimizer_name
+    if there != here:
+        raise CharLMError(f"cannot resume from {file}: it was trained with optimizer={there}, this run uses "
+                          f"optimizer={here}; add optimizer={there}, or start a new run from its weights (init_from)")
     there, here = full_config(saved["model"]), full_config(model_config)
     if there != here:
         changed = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))

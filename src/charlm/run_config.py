@@ -98,6 +98,13 @@ def check_run_config(cfg: DictConfig) -> None:
     checks.integer("optimizer.decay_steps", optimizer.decay_steps, nullable=True)
     checks.choice("optimizer.schedule", optimizer.schedule, ("cosine", "wsd"))
     checks.number("optimizer.decay_fraction", optimizer.decay_fraction, 0, 1, low_open=True)
+    checks.choice("optimizer.name", optimizer.name, ("adamw", "muon"))
+    if optimizer.name == "muon":
+        if "muon_lr" not in optimizer:
+            raise CharLMError("optimizer.name=muon needs Muon's settings: choose the group with optimizer=muon")
+        checks.number("optimizer.muon_lr", optimizer.muon_lr, 0, low_open=True)
+        checks.number("optimizer.muon_momentum", optimizer.muon_momentum, 0, 1, high_open=True)
+        checks.number("optimizer.muon_weight_decay", optimizer.muon_weight_decay, 0)
 
     data = cfg.data
     checks.text("data.path", data.path)

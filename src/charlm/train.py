@@ -59,7 +59,8 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None and (requeued := requeue_checkpoint(run_dir)):
         ckpt_path = str(requeued)  # a SLURM job requeued into its own run folder
-    ckpt_file, resumed = resume_checkpoint(ckpt_path, Path(cfg.paths.root) / "runs", model_config, vocab)
+    ckpt_file, resumed = resume_checkpoint(ckpt_path, Path(cfg.paths.root) / "runs", model_config, vocab,
+                                           cfg.optimizer.name)
     start_step = int(resumed.get("global_step", 0))
     if ckpt_file and start_step >= cfg.max_steps:
         say(f"{ckpt_file} is already at step {start_step}, and max_steps is {cfg.max_steps}: nothing to train, "

@@ -25,6 +25,25 @@ class CNNCache:
     past_inputs: list[torch.Tensor]
 
 
+class MatrixConv1d(nn.Conv1d):
+    """A Conv1d whose kernel is stored as an (out, in * kernel_size) matrix: the same computation, but
+    the weight is a 2-D matrix that matrix optimizers (Muon) can take."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int):
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.weight = nn.Parameter(self.weight.detach().flatten(1))  # (out, in, k) -> (out, in * k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.weight.view(self.out_channels, self.in_channels, -1)  # (out, in, k)
+        return F.conv1d(x, kernel, self.bias, dilation=self.dilation)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None and weight.dim() == 3:  # saved before kernels were stored as matrices
+            state_dict[prefix + "weight"] = weight.flatten(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class CausalConvBlock(nn.Module):
     """x + dropout(LayerNorm(GLU(dilated causal conv(x)))), on (B, C, T)."""
 
@@ -32,7 +51,7 @@ class CausalConvBlock(nn.Module):
         super().__init__()
         self.history = (kernel_size - 1) * dilation  # inputs from the past one output needs
         self.dilation = dilation
-        self.conv = nn.Conv1d(channels, 2 * channels, kernel_size, dilation=dilation)
+        self.conv = MatrixConv1d(channels, 2 * channels, kernel_size, dilation)
         self.norm = nn.LayerNorm(channels)
         self.dropout = nn.Dropout(dropout)
 
@@ -47,7 +66,7 @@ class CausalConvBlock(nn.Module):
             # One new step: the kernel touches every dilation-th input of the window. One matrix
             # product is far cheaper than a dilated conv1d call for a single output.
             taps = padded[:, :, :: self.dilation].flatten(1)  # (B, C*k)
-            conv = F.linear(taps, self.conv.weight.flatten(1), self.conv.bias)[:, :, None]  # (B, 2C, 1)
+            conv = F.linear(taps, self.conv.weight, self.conv.bias)[:, :, None]  # (B, 2C, 1)
         else:
             conv = self.conv(padded)  # (B, 2C, T)
         gated = F.glu(conv, dim=1)  # (B, 2C, T) -> (B, C, T): a * sigmoid(b)

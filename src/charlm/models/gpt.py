@@ -110,15 +110,24 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """Expand, activation, project back. SwiGLU: fc makes a gate and a value half, silu(gate) * value."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.act = ACTIVATIONS[config.activation]()
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        width, self.gated = config.mlp_width, config.activation == "swiglu"
+        self.fc = nn.Linear(config.n_embd, 2 * width if self.gated else width, bias=config.bias)
+        self.act = nn.SiLU() if self.gated else ACTIVATIONS[config.activation]()
+        self.proj = nn.Linear(width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.act(self.fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+        hidden = self.fc(x)  # (B, T, W), or (B, T, 2W) for SwiGLU
+        if self.gated:
+            gate, value = hidden.chunk(2, dim=-1)
+            hidden = self.act(gate) * value  # (B, T, W)
+        else:
+            hidden = self.act(hidden)
+        return self.dropout(self.proj(hidden))  # (B, T, C)
 
 
 class Block(nn.Module):

@@ -1,4 +1,4 @@
-"""The position-wise MLP: expand 4x, activation, project back."""
+"""The position-wise MLP: expand, activation (or SwiGLU's gate), project back."""
 
 import math
 
@@ -27,7 +27,17 @@ def relu_squared(x: np.ndarray) -> np.ndarray:
     return np.square(np.maximum(x, 0.0))
 
 
-ACTIVATIONS = {"gelu": gelu, "relu": relu, "relu2": relu_squared}
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def swiglu(x: np.ndarray) -> np.ndarray:
+    """fc's output holds a gate half and a value half: silu(gate) * value."""
+    gate, value = np.split(x, 2, axis=-1)
+    return silu(gate) * value
+
+
+ACTIVATIONS = {"gelu": gelu, "relu": relu, "relu2": relu_squared, "swiglu": swiglu}
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -52,5 +62,5 @@ class FeedForward:
         self.dropout_p = dropout_p
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        hidden = self.act(linear(x, self.fc_w, self.fc_b))  # (B, T, 4C)
+        hidden = self.act(linear(x, self.fc_w, self.fc_b))  # (B, T, W)
         return dropout(linear(hidden, self.proj_w, self.proj_b), self.dropout_p, rng)  # (B, T, C)

@@ -92,8 +92,10 @@ def random_weights(config: dict, vocab_size: int, init: str = "gpt2", seed: int 
     weights = {"tok_emb.weight": (rng.standard_normal((vocab_size, C)) * 0.02).astype(np.float32)}
     if config["pos_encoding"] == "learned":
         weights["pos_emb.weight"] = (rng.standard_normal((config["block_size"], C)) * 0.02).astype(np.float32)
-    shapes = {"attn.qkv": (3 * C, C, False), "attn.proj": (C, C, True), "mlp.fc": (4 * C, C, False),
-              "mlp.proj": (C, 4 * C, True)}
+    W = GPTConfig(**config).mlp_width
+    fc_out = 2 * W if config["activation"] == "swiglu" else W
+    shapes = {"attn.qkv": (3 * C, C, False), "attn.proj": (C, C, True), "mlp.fc": (fc_out, C, False),
+              "mlp.proj": (C, W, True)}
     for i in range(L):
         for norm in ("ln_1", "ln_2"):
             weights[f"blocks.{i}.{norm}.weight"] = np.ones(C, np.float32)

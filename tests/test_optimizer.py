@@ -1,0 +1,119 @@
+"""optimizer=muon: which parameters Muon takes, and that the combined optimizer keeps exact resume,
+checkpoints of both states and the learning-rate schedule."""
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY, train_in_process
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charlm.checkpoint import model_state
+from charlm.errors import CharLMError
+from charlm.models import build_model
+from charlm.recipe import MuonWithAdamW, make_optimizer
+from charlm.run_config import check_run_config
+
+MUON = {"name": "muon", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "warmup_steps": 2,
+        "min_lr_ratio": 0.1, "decay_steps": None, "schedule": "cosine", "decay_fraction": 0.2,
+        "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0}
+STEADY = [*TINY, "optimizer=muon", "max_steps=40", "dropout=0.1", "eval_interval=10"]
+
+
+@pytest.mark.parametrize("name", ["gpt", "cnn"])
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(name):
+    sizes = {"gpt": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
+             "cnn": {"num_layers": 2, "embedding_dim": 16, "hidden_dim": 16, "max_seq_len": 16}}
+    model = build_model({"name": name, **sizes[name]}, vocab_size=11)
+    optimizer, _ = make_optimizer(model, MUON, max_steps=10)
+    assert isinstance(optimizer, MuonWithAdamW)
+    muon, adamw = optimizer.optimizers["muon"], optimizer.optimizers["adamw"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    expected = {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert in_muon == expected and expected  # the CNN's kernels too: stored as (out, in * k) matrices
+    assert in_adamw == set(names.values()) - expected
+    assert {"tok_emb.weight", "head.weight"} <= in_adamw
+    # One param_groups list for clipping and the scheduler: the two optimizers' own groups.
+    assert optimizer.param_groups == muon.param_groups + adamw.param_groups
+
+
+def test_the_schedule_scales_both_learning_rates():
+    model = build_model({"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}, vocab_size=11)
+    optimizer, scheduler = make_optimizer(model, MUON, max_steps=10)
+    loss = model(torch.randint(0, 11, (2, 8))).square().mean()
+    loss.backward()
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    multiplier = scheduler.lr_lambdas[0](3)
+    assert optimizer.optimizers["muon"].param_groups[0]["lr"] == pytest.approx(0.01 * multiplier)
+    assert optimizer.optimizers["adamw"].param_groups[0]["lr"] == pytest.approx(1e-3 * multiplier)
+    # and its state round-trips: both optimizers' moments and momenta
+    state = optimizer.state_dict()
+    fresh, _ = make_optimizer(model, MUON, max_steps=10)
+    fresh.load_state_dict(state)
+    assert len(fresh.state) == len(optimizer.state) == len(list(model.parameters()))
+    assert fresh.param_groups[0] is fresh.optimizers["muon"].param_groups[0]  # the scheduler reaches the loaded groups
+    with pytest.raises(ValueError, match="muon"):
+        fresh.load_state_dict(state["adamw"])
+
+
+class StopAt(L.Callback):
+    """Stop a run after `step` steps as an interrupt would: mid-epoch, so a resume continues it."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def test_a_resumed_muon_run_continues_exactly(tmp_path):
+    """40 steps in one go against 20 steps, stopped, then resumed to 40: the same weights, bit for bit."""
+    train_in_process(tmp_path / "whole", *STEADY)
+    events = EventAccumulator(str(tmp_path / "whole" / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    muon_lr, adamw_lr = ({e.step: e.value for e in events.Scalars(f"lr/{name}")} for name in ("muon", "adamw"))
+    assert len(muon_lr) == 4 and muon_lr == pytest.approx({step: 10 * lr for step, lr in adamw_lr.items()})
+    train_in_process(tmp_path / "part", *STEADY, "+callbacks.stop._target_=test_optimizer.StopAt",
+                     "+callbacks.stop.step=20")
+    checkpoint = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 20
+    saved = checkpoint["optimizer_states"][0]
+    assert set(saved) == {"muon", "adamw"}
+    assert all("momentum_buffer" in s for s in saved["muon"]["state"].values())
+    assert all("exp_avg_sq" in s for s in saved["adamw"]["state"].values())
+    # A resumed run continues in its own run folder.
+    train_in_process(tmp_path / "resume-log", *STEADY, f"ckpt_path={tmp_path / 'part'}")
+    whole, resumed = [model_state(torch.load(tmp_path / run / "checkpoints" / "last.ckpt",
+                                             weights_only=True)["state_dict"]) for run in ("whole", "part")]
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_resuming_with_another_optimizer_is_one_clear_error(tmp_path):
+    train_in_process(tmp_path / "muon", *STEADY)
+    with pytest.raises(CharLMError, match="trained with optimizer=muon, this run uses optimizer=adamw"):
+        train_in_process(tmp_path / "adamw", *TINY, "max_steps=20", f"ckpt_path={tmp_path / 'muon'}")
+
+
+def test_a_muon_matrix_optimizer_is_refused_without_its_settings(compose_config):
+    with pytest.raises(CharLMError, match="choose the group with optimizer=muon"):
+        check_run_config(compose_config("optimizer.name=muon"))
+    with pytest.raises(CharLMError, match=r"^optimizer.muon_lr must be a finite number > 0, got 0"):
+        check_run_config(compose_config("optimizer=muon", "optimizer.muon_lr=0"))
+    with pytest.raises(CharLMError, match=r"^optimizer.muon_momentum must be a finite number in \[0, 1\), got 1"):
+        check_run_config(compose_config("optimizer=muon", "optimizer.muon_momentum=1"))
+
+
+def test_old_cnn_checkpoints_with_3d_kernels_still_load():
+    options = {"name": "cnn", "num_layers": 2, "embedding_dim": 8, "hidden_dim": 8, "max_seq_len": 8}
+    model = build_model(options, vocab_size=5)
+    state = {k: v.view(v.shape[0], 8, -1) if k.endswith("conv.weight") else v for k, v in model.state_dict().items()}
+    assert state["blocks.0.conv.weight"].dim() == 3
+    fresh = build_model(options, vocab_size=5)
+    fresh.load_state_dict(state)
+    ids = torch.randint(0, 5, (2, 8))
+    torch.testing.assert_close(fresh(ids), model(ids), rtol=0, atol=0)
