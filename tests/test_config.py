@@ -123,3 +123,16 @@ def test_swiglu_is_parameter_matched(compose_config, preset, expected):
     matrices = [sum(p.numel() for p in m.parameters() if p.dim() == 2) for m in (plain, swiglu)]
     assert matrices[0] == matrices[1]
     assert abs(expected - count_parameters(plain)) / count_parameters(plain) < 0.02
+
+
+@pytest.mark.parametrize("preset", ["gpt_0.2m_published", "gpt_2.7m_published", "gpt_10.7m_published"])
+def test_published_presets_keep_their_first_recipe(compose_config, preset):
+    """New recipes go into the tuned presets; the _published ones train with AdamW, cosine decay and
+    the model options of the day they were measured, so their numbers stay reproducible."""
+    cfg = compose_config(f"experiment={preset}")
+    assert OmegaConf.to_container(cfg.optimizer) == OmegaConf.to_container(compose_config("optimizer=adamw").optimizer)
+    assert cfg.optimizer.name == "adamw" and cfg.optimizer.schedule == "cosine"
+    model = cfg.model
+    options = (model.norm_type, model.qk_norm, model.logit_softcap, model.zero_init_proj)
+    assert options == ("layernorm", False, 0.0, False)
+    assert model.activation == ("gelu" if preset == "gpt_10.7m_published" else "relu")
