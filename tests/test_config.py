@@ -14,7 +14,7 @@ def preset_model(compose_config, *overrides):
     [
         ("gpt_0.2m", 207_681, 209_729),  # the published shape with rotary positions
         ("gpt_0.2m_published", 209_729, 209_729),
-        ("gpt_2.7m", 2_674_385, 2_697_281),  # 2 layers x 330: the tuned shape
+        ("gpt_2.7m", 2_697_281, 2_697_281),  # the published shape, trained with Muon
         ("gpt_2.7m_published", 2_697_281, 2_697_281),
         ("gpt_10.7m", 10_646_784, 10_745_088),  # rotary positions: no position table
         ("gpt_10.7m_published", 10_745_088, 10_745_088),  # nanoGPT prints 10.65M: it leaves out position embeddings
