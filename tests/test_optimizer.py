@@ -59,6 +59,21 @@ def test_the_schedule_scales_both_learning_rates():
         fresh.load_state_dict(state["adamw"])
 
 
+def test_lightning_moves_both_optimizers_state():
+    """`state` is a merged read-only view; Lightning moves state between devices by writing into each
+    parameter's own state dict, which belongs to the optimizer that owns the parameter."""
+    from lightning.fabric.utilities.optimizer import _optimizer_to_device
+
+    model = build_model({"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}, vocab_size=11)
+    optimizer, _ = make_optimizer(model, MUON, max_steps=10)
+    model(torch.randint(0, 11, (2, 8))).square().mean().backward()
+    optimizer.step()
+    _optimizer_to_device(optimizer, "meta")  # a device that every build of torch has
+    for child in optimizer.optimizers.values():
+        moments = [t for s in child.state.values() for k, t in s.items() if k != "step"]
+        assert moments and all(t.is_meta for t in moments)
+
+
 class StopAt(L.Callback):
     """Stop a run after `step` steps as an interrupt would: mid-epoch, so a resume continues it."""
 
