@@ -15,6 +15,9 @@ def tiny(name, window=40, device="cpu"):
     torch.manual_seed(0)
     if name == "cnn":
         config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=window, dilation_cycle=3)
+    elif name == "gpt_blocks":  # every block option that changes the forward pass
+        config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window, pos_encoding="rope",
+                      norm_type="rmsnorm", qk_norm=True, activation="swiglu", logit_softcap=5.0)
     else:
         config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window,
                       pos_encoding="rope" if name == "gpt_rope" else "learned")
@@ -27,7 +30,7 @@ def greedy(runner, prompt, steps, use_cache=True):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope"])
+@pytest.mark.parametrize("name", ["cnn", "gpt", "gpt_rope", "gpt_blocks"])
 def test_cached_greedy_generation_equals_full_recomputation(name, device):
     model = tiny(name, device=device)
     runner = TorchRunner(model)
