@@ -1,6 +1,8 @@
 """optimizer=muon: which parameters Muon takes, and that the combined optimizer keeps exact resume,
 checkpoints of both states and the learning-rate schedule."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -10,12 +12,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from charlm.checkpoint import model_state
 from charlm.errors import CharLMError
 from charlm.models import build_model
+from charlm.muon import Muon, adjusted_lr, native_bfloat16, newton_schulz_dtype
 from charlm.recipe import MuonWithAdamW, make_optimizer
 from charlm.run_config import check_run_config
 
 MUON = {"name": "muon", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "warmup_steps": 2,
         "min_lr_ratio": 0.1, "decay_steps": None, "schedule": "cosine", "decay_fraction": 0.2,
-        "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0}
+        "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0, "muon_ns_steps": 5,
+        "muon_dtype": "auto"}
 STEADY = [*TINY, "optimizer=muon", "max_steps=40", "dropout=0.1", "eval_interval=10"]
 
 
@@ -74,6 +78,89 @@ def test_lightning_moves_both_optimizers_state():
         assert moments and all(t.is_meta for t in moments)
 
 
+# Tall, wide and square matrices; two shapes that orthogonalise as one (64 x 16 and 16 x 64); one alone.
+SHAPES = [(48, 16), (16, 16), (64, 16), (16, 64), (48, 16), (16, 64), (24, 40)]
+
+
+def same_steps(optimizers: list[torch.optim.Optimizer], params: list[list[torch.Tensor]], steps: int = 6) -> None:
+    """Step each optimizer on its own copy of the parameters with the same random gradients."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        grads = [torch.randn(p.shape, generator=generator) for p in params[0]]
+        for copy in params:
+            for p, g in zip(copy, grads, strict=True):
+                p.grad = g.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+
+
+def matrices(seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(0.1 * torch.randn(shape, generator=generator)) for shape in SHAPES]
+
+
+@pytest.mark.parametrize("settings", [{}, {"nesterov": False, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}])
+def test_batched_muon_matches_torchs_muon_in_bfloat16(settings):
+    """In bfloat16, torch's own dtype: the momenta are identical and the weights agree to bfloat16's
+    precision after several steps, for tall, wide and square matrices, with either lr adjustment."""
+    start, theirs, ours = matrices(), matrices(), matrices()
+    reference = torch.optim.Muon(theirs, lr=0.02, **settings)
+    batched = Muon(ours, lr=0.02, ns_dtype="bfloat16", **settings)
+    same_steps([reference, batched], [theirs, ours])
+    for a, b, p0 in zip(theirs, ours, start, strict=True):
+        assert torch.equal(reference.state[a]["momentum_buffer"], batched.state[b]["momentum_buffer"])
+        assert (a - b).norm() < 0.01 * (a - p0).norm()  # bfloat16 keeps 8 bits: 0.4% per rounding
+    # The checkpoint format is torch's: each loads the other's state.
+    assert batched.state_dict()["param_groups"][0].keys() == reference.state_dict()["param_groups"][0].keys()
+    reference.load_state_dict(batched.state_dict())
+    batched.load_state_dict(reference.state_dict())
+
+
+def reference_muon_step(p: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, lr: float, momentum: float,
+                        decay: float) -> None:
+    """torch.optim.Muon's documented update for one matrix, in float64, unbatched: the check on the
+    float32 path, which torch's class (always bfloat16) cannot give."""
+    a, b, c = torch.optim._muon.DEFAULT_A, torch.optim._muon.DEFAULT_B, torch.optim._muon.DEFAULT_C
+    buffer.mul_(momentum).add_(grad, alpha=1 - momentum)
+    x = (grad + momentum * (buffer - grad)).double()  # Nesterov
+    x = x.T if x.shape[0] > x.shape[1] else x
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.T if grad.shape[0] > grad.shape[1] else x
+    p.mul_(1 - lr * decay).sub_(x.float(), alpha=adjusted_lr(lr, None, p.shape))
+
+
+def test_batched_muon_in_float32_is_torchs_update_to_float_precision():
+    start, ours, theirs = matrices(), matrices(), matrices()
+    batched = Muon(ours, lr=0.02, weight_decay=0.1, ns_dtype="float32")
+    buffers = [torch.zeros_like(p) for p in theirs]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(6):
+            grads = [torch.randn(p.shape, generator=generator) for p in ours]
+            for p, g in zip(ours, grads, strict=True):
+                p.grad = g
+            batched.step()
+            for p, g, buffer in zip(theirs, grads, buffers, strict=True):
+                reference_muon_step(p, g, buffer, lr=0.02, momentum=0.95, decay=0.1)
+    for a, b, p0 in zip(ours, theirs, start, strict=True):
+        assert (a - b).norm() < 1e-5 * (b - p0).norm()
+
+
+def test_auto_picks_bfloat16_only_where_the_device_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert not native_bfloat16("cpu") and newton_schulz_dtype("auto", "cpu") == torch.float32
+    for feature in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"):  # x86 and ARM names
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda feature=feature: {feature: True})
+        assert newton_schulz_dtype("auto", "cpu") == torch.bfloat16
+    assert newton_schulz_dtype("float32", "cpu") == torch.float32  # a setting other than auto is kept
+    monkeypatch.delattr(torch.cpu, "get_capabilities")  # a torch too old to tell: float32, always correct
+    assert newton_schulz_dtype("auto", "cpu") == torch.float32
+    assert newton_schulz_dtype("auto", "meta") == torch.float32
+
+
 class StopAt(L.Callback):
     """Stop a run after `step` steps as an interrupt would: mid-epoch, so a resume continues it."""
 
@@ -88,6 +175,8 @@ class StopAt(L.Callback):
 def test_a_resumed_muon_run_continues_exactly(tmp_path):
     """40 steps in one go against 20 steps, stopped, then resumed to 40: the same weights, bit for bit."""
     train_in_process(tmp_path / "whole", *STEADY)
+    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())  # auto resolved once, recorded
+    assert summary["muon_dtype"] == str(newton_schulz_dtype("auto", "cpu")).removeprefix("torch.")
     events = EventAccumulator(str(tmp_path / "whole" / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     muon_lr, adamw_lr = ({e.step: e.value for e in events.Scalars(f"lr/{name}")} for name in ("muon", "adamw"))

@@ -49,8 +49,8 @@ def one_process(tmp_path_factory):
 
 def assert_trains_like_one_process(run, one_process):
     """Each of 2 gloo processes takes half of every global batch of 16; DDP averages their gradients,
-    which is the full batch's gradient up to float32 summation order. So after 30 AdamW steps the
-    weights agree to ~1e-6 (we allow 1e-5) and the validation loss to 1e-5."""
+    which is the full batch's gradient up to float32 summation order. So after 30 steps the weights
+    agree to ~1e-6 (we allow 1e-5) and the validation loss to 1e-5."""
     (summary, weights), (single, single_weights) = run, one_process
     assert summary["steps"] == single["steps"] == 30
     assert summary["tokens"] == single["tokens"] == 30 * 16 * 16
@@ -61,19 +61,13 @@ def assert_trains_like_one_process(run, one_process):
 
 
 def test_ddp_spawn_with_muon_matches_one_process(tmp_path):
-    """ddp_spawn (the run starts its own workers) with optimizer=muon. Muon orthogonalises each
-    matrix's update in bfloat16, so the float32 summation-order differences between one and two
-    processes can flip a rounding: the weights agree to 1e-3, not 1e-5, and the validation loss to
-    1e-4. The torchrun and SLURM tests below hold AdamW runs to the tight tolerances."""
-    result, summary, weights = train(tmp_path, "ddp", *DDP, "optimizer=muon")
-    single, single_weights = train_here(tmp_path, "single", "trainer=cpu", "batch_size=16", "threads=1",
-                                        "optimizer=muon")
-    assert summary["steps"] == single["steps"] == 30
-    assert summary["tokens"] == single["tokens"] == 30 * 16 * 16
-    assert summary["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-4)
-    assert weights.keys() == single_weights.keys()
-    for key in single_weights:
-        torch.testing.assert_close(weights[key], single_weights[key], atol=1e-3, rtol=0)
+    """ddp_spawn (the run starts its own workers) with optimizer=muon, whose Newton-Schulz runs in
+    float32 here, as on every CPU without native bfloat16: as tight as AdamW. (In bfloat16, a float32
+    summation-order difference can flip a rounding, and the weights agree to about 1e-3.)"""
+    muon = ["optimizer=muon", "optimizer.muon_dtype=float32"]
+    result, *ddp = train(tmp_path, "ddp", *DDP, *muon)
+    assert_trains_like_one_process(ddp, train_here(tmp_path, "single", "trainer=cpu", "batch_size=16", "threads=1",
+                                                   *muon))
     assert "best checkpoint" in result.stdout
 
 
@@ -177,7 +171,8 @@ def test_gradient_clipping_works_with_the_fused_adamw_used_on_gpus(precision, fu
     data.setup("fit")
     module = FusedAdamW({"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}, data.vocab.chars,
                         {"name": name, "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "warmup_steps": 1,
-                         "min_lr_ratio": 1, "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0})
+                         "min_lr_ratio": 1, "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0,
+                         "muon_ns_steps": 5, "muon_dtype": "auto"})
     before = [p.detach().clone() for p in module.parameters()]
     # Lightning maps precision="16-mixed" to bf16 on CPU; the plugin keeps float16 and its GradScaler.
     precision = {"precision": precision} if precision != "16-mixed" else {

@@ -3,6 +3,7 @@
     python -m charlm.bench training     # Lightning loop vs a bare PyTorch loop, MFU, peak memory
     python -m charlm.bench generation   # tokens/s with and without caches
     python -m charlm.bench data         # a large corpus through the token store, against nanoGPT-style encoding
+    python -m charlm.bench optimizer    # where a step's time goes: forward + backward, AdamW, Muon per dtype
 
 Models come from the experiment presets (a case may add overrides: "gpt_2.7m block_size=128
 batch_size=32"), trained on Tiny Shakespeare or, for generation, with random weights (speed does not
@@ -33,6 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from charlm.bench_data import bench_data
+from charlm.bench_optimizer import optimizer_case
 from charlm.cli import one_line, register_resolvers, run_cli
 from charlm.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
 from charlm.errors import CharLMError
@@ -51,6 +53,7 @@ TRAINING_CASES = [
     "gpt_2.7m block_size=128 batch_size=32",
     "cnn_2.7m block_size=128 batch_size=32",
 ]
+OPTIMIZER_CASES = ["gpt_0.2m", "cnn_0.2m", "gpt_2.7m", "cnn_2.7m"]
 
 VOCAB_SIZE = 65
 CONF = Path(str(resources.files("charlm") / "conf"))  # the installed package's config, as train.py reads it
@@ -349,11 +352,12 @@ def positive_ints(text: str) -> list[int]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m charlm.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["training", "generation", "data"])
-    parser.add_argument("--case", action="append", help="training: a preset plus overrides, e.g. "
+    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer"])
+    parser.add_argument("--case", action="append", help="training, optimizer: a preset plus overrides, e.g. "
                         "'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the four standard cases)")
-    parser.add_argument("--steps", type=int, default=150, help="training: steps per loop and round")
-    parser.add_argument("--rounds", type=int, default=2, help="training: alternating rounds of both loops")
+    parser.add_argument("--steps", type=int, default=150,
+                        help="training: steps per loop and round; optimizer: calls per part and round")
+    parser.add_argument("--rounds", type=int, default=2, help="training, optimizer: alternating rounds")
     parser.add_argument("--presets", default="gpt_0.2m,cnn_0.2m,gpt_2.7m,cnn_2.7m,gpt_10.7m",
                         help="generation: comma-separated presets")
     parser.add_argument("--tokens", type=int, default=500, help="generation: new characters per sample")
@@ -381,6 +385,11 @@ def main(argv: list[str]) -> None:
     command = "python -m charlm.bench " + " ".join(f"'{a}'" if " " in a else a for a in argv)
     if args.kind == "training":
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
+    elif args.kind == "optimizer":
+        rows = []
+        for case in args.case or OPTIMIZER_CASES:
+            rows.append(optimizer_case(case_config(case), case, args.steps, args.rounds))
+            print_row(rows[-1])
     elif args.kind == "data":
         if args.megabytes < 2:
             raise CharLMError("--megabytes must be at least 2")

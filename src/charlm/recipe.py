@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlm.muon import Muon
+
 
 def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     inputs, targets = batch  # (B, T) each
@@ -34,12 +36,13 @@ def warmup_stable_decay(step: int, warmup_steps: int, decay_steps: int, min_lr_r
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon and torch.optim.AdamW stepped together as one optimizer, so that Lightning's
-    automatic optimization, gradient clipping, precision plugins, checkpoints and the LR scheduler
-    treat them as one. `param_groups` is the list of the two optimizers' own group dicts (Muon's
-    first), so a scheduler's change of a group's lr reaches the optimizer that owns it."""
+    """Muon (charlm.muon, torch's update made faster) and torch.optim.AdamW stepped together as one
+    optimizer, so that Lightning's automatic optimization, gradient clipping, precision plugins,
+    checkpoints and the LR scheduler treat them as one. `param_groups` is the list of the two
+    optimizers' own group dicts (Muon's first), so a scheduler's change of a group's lr reaches the
+    optimizer that owns it."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW):
         self.optimizers = {"muon": muon, "adamw": adamw}
         super().__init__([p for group in self.own_groups() for p in group["params"]], {})
         self.param_groups = self.own_groups()
@@ -99,8 +102,9 @@ def make_optimizer(model: nn.Module, optim: dict, max_steps: int, fused: bool = 
     optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused,
                                   foreach=not fused)
     if muon:
-        optimizer = MuonWithAdamW(torch.optim.Muon(muon, lr=optim["muon_lr"], momentum=optim["muon_momentum"],
-                                                   weight_decay=optim["muon_weight_decay"]), optimizer)
+        optimizer = MuonWithAdamW(Muon(muon, lr=optim["muon_lr"], momentum=optim["muon_momentum"],
+                                       weight_decay=optim["muon_weight_decay"], ns_steps=optim["muon_ns_steps"],
+                                       ns_dtype=optim["muon_dtype"]), optimizer)
     decay_steps = optim.get("decay_steps") or max_steps
     warmup, floor = optim["warmup_steps"], optim["min_lr_ratio"]
     if optim.get("schedule", "cosine") == "wsd":

@@ -66,6 +66,7 @@ def resolve_copies(cfg: DictConfig, overrides=()) -> None:
         node[leaf] = link
 
 
+MUON_DTYPES = ("auto", "float32", "bfloat16")  # of Muon's Newton-Schulz iterations (charlm.muon)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
@@ -105,6 +106,8 @@ def check_run_config(cfg: DictConfig) -> None:
         checks.number("optimizer.muon_lr", optimizer.muon_lr, 0, low_open=True)
         checks.number("optimizer.muon_momentum", optimizer.muon_momentum, 0, 1, high_open=True)
         checks.number("optimizer.muon_weight_decay", optimizer.muon_weight_decay, 0)
+        checks.integer("optimizer.muon_ns_steps", optimizer.muon_ns_steps, high=99)
+        checks.choice("optimizer.muon_dtype", optimizer.muon_dtype, MUON_DTYPES)
 
     data = cfg.data
     checks.text("data.path", data.path)

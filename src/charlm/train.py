@@ -28,6 +28,7 @@ from charlm.lightning_module import TOKENS_KEY, LanguageModel
 from charlm.memory import check_fits
 from charlm.model_config import model_settings
 from charlm.models import count_parameters
+from charlm.muon import native_bfloat16, newton_schulz_dtype
 from charlm.report import write_report
 from charlm.resume import best_score, fine_tune_source, requeue_checkpoint, resume_checkpoint, run_folder_of
 from charlm.run_config import prepare_run_config
@@ -75,8 +76,8 @@ def train(cfg: DictConfig) -> float:
         say(f"resuming {ckpt_file} at step {start_step}; checkpoints and TensorBoard go to {run_dir}")
     ensure_writable(run_dir / "checkpoints")
 
-    module = LanguageModel(model=model_config, vocab=vocab.chars, vocab_mode=vocab.mode,
-                           optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
+    optimizer = optimizer_settings(cfg)
+    module = LanguageModel(model=model_config, vocab=vocab.chars, vocab_mode=vocab.mode, optimizer=optimizer)
     if init is not None:
         module.model.load_state_dict(init.model.state_dict())
     if cfg.compile:
@@ -87,6 +88,12 @@ def train(cfg: DictConfig) -> float:
     say(f"run {cfg.name}: {model_config['name']}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as float32), "
         f"vocabulary {vocab.describe()}, {len(datamodule.train_ids):,} train / {len(datamodule.val_ids):,} val / "
         f"{len(datamodule.splits['test']):,} test tokens, output in {run_dir}")
+    if optimizer["name"] == "muon":
+        device, why = training_device(cfg), ""
+        if cfg.optimizer.muon_dtype == "auto":
+            why = f" (muon_dtype=auto: the {device} {'has' if native_bfloat16(device) else 'lacks'} native bfloat16)"
+        say(f"optimizer: Muon for the blocks' matrices, Newton-Schulz in {optimizer['muon_dtype']}{why}; AdamW for "
+            "the rest")
     receptive_field = getattr(module.model, "receptive_field", None)
     if receptive_field is not None:
         say(f"receptive field: {receptive_field} characters (block_size {cfg.block_size})")
@@ -110,7 +117,7 @@ def train(cfg: DictConfig) -> float:
         if not trainer.is_global_zero:
             return math.inf
         interrupted = interrupt is not None and interrupt.saved_at is not None
-        best = report_run(cfg, model_config, trainer, run_dir, n_params, start_step, seconds, interrupted)
+        best = report_run(cfg, model_config, optimizer, trainer, run_dir, n_params, start_step, seconds, interrupted)
     if interrupted:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
@@ -118,6 +125,16 @@ def train(cfg: DictConfig) -> float:
                           f"at step {interrupt.saved_at}; resume with the same arguments plus ckpt_path={run_dir}",
                           128 + interrupt.signum)
     return best
+
+
+def optimizer_settings(cfg: DictConfig) -> dict:
+    """The optimizer group as plain values, with Muon's `auto` dtype resolved for the training device once,
+    so every process of the run, its summary and its HParams agree on it."""
+    settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    if settings["name"] == "muon":
+        dtype = newton_schulz_dtype(settings["muon_dtype"], training_device(cfg))
+        settings["muon_dtype"] = str(dtype).removeprefix("torch.")
+    return settings
 
 
 def cpu_processes(cfg: DictConfig) -> int:
@@ -142,19 +159,19 @@ def final_state(trainer: L.Trainer, run_dir: Path) -> tuple[int, float, str, int
             state.get("best_model_path", ""), checkpoint.get(TOKENS_KEY))
 
 
-def run_settings(cfg: DictConfig, model_config: dict) -> dict:
+def run_settings(cfg: DictConfig, model_config: dict, optimizer: dict) -> dict:
     """A run's settings as flat plain values, for comparing runs by them (TensorBoard's HParams)."""
     settings = {"model": model_config["name"], **{f"model.{k}": v for k, v in model_config.items() if k != "name"}}
     for key in ("lr", "batch_size", "block_size", "max_steps", "seed"):
         settings[key] = cfg[key]
-    settings |= {f"optimizer.{k}": v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items()}
+    settings |= {f"optimizer.{k}": v for k, v in optimizer.items()}
     settings |= {"data.path": cfg.data.path, "data.vocab": cfg.data.vocab, "precision": str(cfg.trainer.precision)}
     plain = (bool, int, float, str)
     return {k: v if isinstance(v, plain) else str(v) for k, v in settings.items()}
 
 
-def report_run(cfg: DictConfig, model_config: dict, trainer: L.Trainer, run_dir: Path, n_params: int,
-               start_step: int, seconds: float, interrupted: bool) -> float:
+def report_run(cfg: DictConfig, model_config: dict, optimizer: dict, trainer: L.Trainer, run_dir: Path,
+               n_params: int, start_step: int, seconds: float, interrupted: bool) -> float:
     """Write summary.json and print the end-of-run summary with a sample from the best checkpoint."""
     step, best_loss, best_path, total_tokens = final_state(trainer, run_dir)
     tokens_per_step = trainer.accumulate_grad_batches * cfg.batch_size * cfg.block_size * trainer.world_size
@@ -165,12 +182,14 @@ def report_run(cfg: DictConfig, model_config: dict, trainer: L.Trainer, run_dir:
         "tokens": step * tokens_per_step if total_tokens is None else int(total_tokens),
         "best_val_loss": best_loss, "best_val_bpc": best_loss / math.log(2),
         "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path, "status": status,
+        "optimizer": optimizer["name"], "muon_dtype": optimizer.get("muon_dtype"),
     }
     atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
     results = {"hparams/best_val_loss": best_loss, "hparams/best_val_bpc": summary["best_val_bpc"],
                "hparams/parameters": n_params, "hparams/tokens_per_s": summary["tokens_per_s"]}
     for logger in trainer.loggers:  # TensorBoard's HParams tab: every run of a sweep side by side
-        logger.log_hyperparams(run_settings(cfg, model_config), {k: v for k, v in results.items() if math.isfinite(v)})
+        logger.log_hyperparams(run_settings(cfg, model_config, optimizer),
+                               {k: v for k, v in results.items() if math.isfinite(v)})
         if isinstance(logger, RunLogger):
             logger.close()
     sample = ""
