@@ -96,3 +96,54 @@ def test_killing_the_training_benchmark_also_stops_its_worker(tmp_path):
     while any(running(pid) for pid in workers):
         assert time.monotonic() < deadline, "the worker kept running after the benchmark was killed"
         time.sleep(0.2)
+
+
+def test_the_validation_clock_records_every_validation(tmp_path):
+    """The speed-run's clock, in a real run: one line per validation, with the loss the run logged,
+    training seconds that exclude validation, and validation seconds that grow with each one."""
+    from conftest import TINY, train_in_process
+
+    clock = tmp_path / "clock.jsonl"
+    best = train_in_process(tmp_path / "run", *TINY, "max_steps=30", "eval_interval=10",
+                            "+callbacks.clock._target_=charlm.bench_speedrun.ValidationClock",
+                            f"+callbacks.clock.path={clock}")
+    records = [json.loads(line) for line in clock.read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30]
+    assert min(r["val_loss"] for r in records) == pytest.approx(best)
+    for earlier, later in zip(records, records[1:], strict=False):
+        assert 0 < earlier["train_s"] < later["train_s"] and 0 < earlier["validation_s"] < later["validation_s"]
+        assert later["time"] - earlier["time"] >= later["validation_s"] - earlier["validation_s"]
+
+
+FAKE_NANOGPT = """
+import sys, time
+print("number of parameters: 0.20M")
+for step, loss in [(0, 4.2), (250, 3.0), (500, 2.0), (750, 1.9)]:
+    print(f"step {step}: train loss {loss - 0.1:.4f}, val loss {loss:.4f}", flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
+    """A real training case and a stand-in for nanoGPT's train.py (its output lines): both timed to each
+    threshold, and nanoGPT's final loss (1.9) joins the thresholds."""
+    nanogpt = tmp_path / "nanoGPT"
+    (nanogpt / "data" / "shakespeare_char").mkdir(parents=True)
+    (nanogpt / "train.py").write_text(FAKE_NANOGPT)
+    (nanogpt / "data" / "shakespeare_char" / "prepare.py").write_text(
+        "open('train.bin', 'wb').close(); open('meta.pkl', 'wb').close()")
+    case = ("gpt_0.2m n_layer=1 n_embd=16 n_head=2 block_size=16 max_steps=20 eval_interval=10 lr=0.01 "
+            "optimizer.warmup_steps=2")
+    cmd = [sys.executable, "-m", "charlm.bench", "speedrun", "--case", case, "--thresholds", "4.1,2.5",
+           "--nanogpt", str(nanogpt), "--nanogpt-args", "config/x.py", "--out", str(tmp_path / "out")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (nanogpt / "data" / "shakespeare_char" / "input.txt").stat().st_size == 1_115_394  # the shipped text
+    nano, ours = json.loads((tmp_path / "out" / "speedrun.json").read_text())["rows"]
+    assert nano["run"] == "nanoGPT config/x.py" and nano["best_val_loss"] == 1.9 and nano["steps"] == 750
+    assert nano["process_s_to_4.1"] < nano["process_s_to_2.5"] < nano["process_s_to_1.9"] < nano["process_s"]
+    assert nano["train_s_to_2.5"] == "-"  # its evaluations run inside its loop: only process times
+    assert ours["run"] == case and ours["steps"] == 20 and ours["best_val_loss"] < 4.1
+    assert 0 < ours["train_s_to_4.1"] < ours["process_s_to_4.1"] < ours["process_s"]
+    assert ours["process_s_to_1.9"] == "-"  # not reached
+    assert 0 < ours["validation_s"] < ours["process_s"]

@@ -21,11 +21,14 @@ def preset_model(compose_config, *overrides):
         ("gpt_12l768", 85_102_080, None),
         ("cnn_0.2m", 206_785, 209_729),  # beside gpt_0.2m: 5 x 80
         ("cnn_2.7m", 2_694_977, 2_697_281),  # beside gpt_2.7m
+        ("speedrun", 243_425, None),  # the CPU speed-run: at most 0.25M parameters
     ],
 )
 def test_preset_parameter_counts(compose_config, preset, expected, published):
     _, model = preset_model(compose_config, f"experiment={preset}")
     assert count_parameters(model) == expected
+    if preset == "speedrun":
+        assert expected <= 250_000  # the speed-run's size limit
     if published:
         assert abs(expected - published) / published < 0.02  # same size: within 2%
 

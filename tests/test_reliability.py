@@ -133,8 +133,10 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once_with_status_130(tmp_path):
     run_dir = tmp_path / "run"
-    # one-block validation batches: the validation after the first Ctrl-C takes seconds, time for a second
-    process = start_training(run_dir, "max_steps=100000", "eval_interval=20", "data.eval_batch_size=1")
+    # one-block validation batches over 40,000 characters: the validation after the first Ctrl-C takes
+    # seconds, time for a second
+    process = start_training(run_dir, "max_steps=100000", "eval_interval=20", "data.eval_batch_size=1",
+                             "data.max_val_tokens=40000")
     wait_for_checkpoint(process, run_dir / "checkpoints" / "last.ckpt", 20)
     process.send_signal(signal.SIGINT)
     time.sleep(1)

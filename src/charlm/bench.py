@@ -4,6 +4,7 @@
     python -m charlm.bench generation   # tokens/s with and without caches
     python -m charlm.bench data         # a large corpus through the token store, against nanoGPT-style encoding
     python -m charlm.bench optimizer    # where a step's time goes: forward + backward, AdamW, Muon per dtype
+    python -m charlm.bench speedrun     # wall time to validation losses, optionally beside nanoGPT's own loop
 
 Models come from the experiment presets (a case may add overrides: "gpt_2.7m block_size=128
 batch_size=32"), trained on Tiny Shakespeare or, for generation, with random weights (speed does not
@@ -35,6 +36,8 @@ from omegaconf import OmegaConf
 
 from charlm.bench_data import bench_data
 from charlm.bench_optimizer import optimizer_case
+from charlm.bench_speedrun import NANOGPT_ARGS, THRESHOLDS, bench_speedrun
+from charlm.checkpoint import numpy_weights
 from charlm.cli import one_line, register_resolvers, run_cli
 from charlm.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
 from charlm.errors import CharLMError
@@ -54,6 +57,7 @@ TRAINING_CASES = [
     "cnn_2.7m block_size=128 batch_size=32",
 ]
 OPTIMIZER_CASES = ["gpt_0.2m", "cnn_0.2m", "gpt_2.7m", "cnn_2.7m"]
+SPEEDRUN_CASES = ["speedrun"]
 
 VOCAB_SIZE = 65
 CONF = Path(str(resources.files("charlm") / "conf"))  # the installed package's config, as train.py reads it
@@ -88,9 +92,9 @@ def preset_model(name: str) -> torch.nn.Module:
 
 def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
     """Peak matmul throughput (FLOP/s) of this device at the current thread count: the best
-    median over square sizes 512 to 4096 (GPU: 1024 to 8192)."""
+    median over square sizes 512 to 2048 (GPU: 1024 to 8192)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sizes = (1024, 4096, 8192) if device == "cuda" else (512, 1024, 2048, 4096)
+    sizes = (1024, 4096, 8192) if device == "cuda" else (512, 1024, 2048)
     best = 0.0
     for size in sizes:
         a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
@@ -272,9 +276,8 @@ def bench_generation(presets: list[str], tokens: int, batches: list[int], repeat
         if compile_too and hasattr(model, "step"):
             runners.append(("torch+compile", TorchRunner(model, compile=True)))
         if numpy_too and name.startswith("gpt"):
-            weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
             config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "vocab_size"}
-            runners.append(("numpy", NumpyGPT(config, weights)))
+            runners.append(("numpy", NumpyGPT(config, numpy_weights(model))))
         eager_recompute = {}
         for backend, runner in runners:
             for batch in batches:
@@ -350,11 +353,21 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def positive_floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
+    return values
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m charlm.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer"])
-    parser.add_argument("--case", action="append", help="training, optimizer: a preset plus overrides, e.g. "
-                        "'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the four standard cases)")
+    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer", "speedrun"])
+    parser.add_argument("--case", action="append", help="training, optimizer, speedrun: a preset plus overrides, "
+                        "e.g. 'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the standard cases)")
     parser.add_argument("--steps", type=int, default=150,
                         help="training: steps per loop and round; optimizer: calls per part and round")
     parser.add_argument("--rounds", type=int, default=2, help="training, optimizer: alternating rounds")
@@ -371,6 +384,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--megabytes", type=int, default=1000, help="data: size of the generated UTF-8 corpus")
     parser.add_argument("--no-baseline", action="store_true",
                         help="data: skip nanoGPT-style encoding (slow and memory-hungry on large corpora)")
+    parser.add_argument("--thresholds", type=positive_floats, default=THRESHOLDS,
+                        help="speedrun: validation losses to time, e.g. 1.884,1.70,1.60")
+    parser.add_argument("--nanogpt", type=Path, default=None,
+                        help="speedrun: a nanoGPT checkout; its own train.py runs first, on the same text")
+    parser.add_argument("--nanogpt-args", default=NANOGPT_ARGS, help="speedrun: arguments to nanoGPT's train.py")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
@@ -385,6 +403,9 @@ def main(argv: list[str]) -> None:
     command = "python -m charlm.bench " + " ".join(f"'{a}'" if " " in a else a for a in argv)
     if args.kind == "training":
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
+    elif args.kind == "speedrun":
+        rows = bench_speedrun(args.case or SPEEDRUN_CASES, args.thresholds, args.nanogpt, args.nanogpt_args,
+                              args.out / "speedrun", print_row)
     elif args.kind == "optimizer":
         rows = []
         for case in args.case or OPTIMIZER_CASES:

@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,3 +102,8 @@ def load_model(path: str | Path) -> LoadedModel:
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
         raise CharLMError(f"weights in {file} do not match its model config ({detail})") from None
     return LoadedModel(model.eval(), vocab, dict(model_config), file, quantization, data)
+
+
+def numpy_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's weights under their torch names, as NumPy arrays (for the NumPy engine and exports)."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
