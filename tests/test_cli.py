@@ -78,7 +78,7 @@ def test_greedy_batched_samples_are_identical(trained_run):
 def test_compiled_sampling_writes_the_eager_text_and_falls_back_without_a_compiler(trained_run, tmp_path,
                                                                                    monkeypatch):
     args = [f"ckpt={trained_run}", "temperature=0", "num_tokens=60"]
-    eager = run_script("sample.py", *args)
+    eager = run_script("sample.py", *args, "backend=torch")
     compiled = run_script("sample.py", *args, "compile=true")
     assert compiled.returncode == 0, compiled.stderr
     assert "compiling the generation step" in compiled.stderr and "warning" not in compiled.stderr

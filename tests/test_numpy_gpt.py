@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import CONF, ROOT, run_script
 
 from charlm.checkpoint import load_model
 from charlm.errors import CharLMError
@@ -113,6 +113,25 @@ def test_numpy_greedy_generation_equals_torch_for_200_characters(trained_run, ex
     from_torch = [int(t[0]) for t in generate(torch_runner, prompt, 200, temperature=0)]
     from_numpy = [int(t[0]) for t in generate(numpy_model, prompt, 200, temperature=0)]
     assert from_numpy == from_torch
+
+
+@pytest.mark.parametrize(("overrides", "engine"), [
+    ([], "NumpyGPT"),  # one text, on the CPU: the NumPy engine
+    (["num_samples=2"], "TorchRunner"), (["compile=true"], "TorchRunner"), (["backend=torch"], "TorchRunner"),
+    (["backend=numpy"], "NumpyGPT"),
+])
+def test_sampling_picks_the_faster_engine(trained_run, exported, overrides, engine):
+    from hydra import compose, initialize_config_dir
+
+    from charlm.sample import open_model
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for ckpt in (exported, trained_run):  # an export, or a checkpoint converted in memory
+            if "backend=numpy" in overrides and ckpt == trained_run:
+                continue  # backend=numpy runs exports only
+            runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={ckpt}", *overrides]))
+            assert type(runner).__name__ == engine and vocab.chars == load_model(trained_run).vocab.chars
+            assert ("NumPy engine" in what) == (engine == "NumpyGPT")
 
 
 def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):

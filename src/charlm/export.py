@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from charlm.atomic import check_output
-from charlm.checkpoint import find_checkpoint, load_model
+from charlm.checkpoint import find_checkpoint, load_model, numpy_weights
 from charlm.cli import run_cli
 from charlm.errors import CharLMError
 from charlm.export_format import write_export
@@ -30,8 +30,7 @@ def export(checkpoint, fmt: str = "npz", out: Path | None = None) -> Path:
     if loaded.quantization is not None:
         raise CharLMError(f"{source} holds int8 weights, which the export format does not; export the float "
                           "checkpoint it was made from")
-    arrays = {name: tensor.detach().cpu().numpy() for name, tensor in loaded.model.state_dict().items()}
-    write_export(out, loaded.model_config, loaded.vocab.chars, arrays, loaded.vocab.mode)
+    write_export(out, loaded.model_config, loaded.vocab.chars, numpy_weights(loaded.model), loaded.vocab.mode)
     return out
 
 

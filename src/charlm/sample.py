@@ -13,7 +13,7 @@ from charlm import checks
 from charlm.errors import CharLMError
 from charlm.generation import generate
 
-BACKENDS = ("torch", "numpy")
+BACKENDS = ("auto", "torch", "numpy")
 
 
 def check_sample_config(cfg: DictConfig) -> None:
@@ -27,34 +27,45 @@ def check_sample_config(cfg: DictConfig) -> None:
     checks.seed("seed", cfg.seed, nullable=True)
     checks.boolean("compile", cfg.compile)
     checks.text("device", cfg.device)
-    if cfg.compile and cfg.backend != "torch":
+    if cfg.compile and cfg.backend == "numpy":
         raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
     if cfg.prompt is not None and (not isinstance(cfg.prompt, str) or not cfg.prompt):
         raise CharLMError("prompt must contain at least one character")
 
 
 def open_model(cfg: DictConfig):
-    """(runner, vocabulary, path) for the configured backend."""
-    if cfg.backend == "numpy":
-        from charlm.numpy_gpt import load_export  # imported here: this backend never imports torch
+    """(runner, vocabulary, what runs) for the configured backend. `auto` runs a GPT on the NumPy engine
+    when it generates one text at a time on the CPU, uncompiled: there the NumPy engine's matrix-vector
+    products use every core and torch's use one (docs/performance.md); torch runs everything else."""
+    export = cfg.ckpt is not None and str(cfg.ckpt).endswith(".npz")
+    if cfg.backend == "numpy" and not export:
+        raise CharLMError("backend=numpy runs a portable export: first `python -m charlm.export CHECKPOINT "
+                          "--format npz`, then sample.py backend=numpy ckpt=FILE.npz (or backend=auto runs a "
+                          "checkpoint on the NumPy engine where that is faster)")
+    numpy_engine = cfg.backend == "numpy" or (
+        cfg.backend == "auto" and cfg.num_samples == 1 and not cfg.compile and str(cfg.device).split(":")[0] == "cpu")
+    if numpy_engine and export:
+        from charlm.numpy_gpt import load_export  # imported here: this path never imports torch
 
-        if cfg.ckpt is None or not str(cfg.ckpt).endswith(".npz"):
-            raise CharLMError("backend=numpy runs a portable export: first `python -m charlm.export CHECKPOINT "
-                              "--format npz`, then sample.py backend=numpy ckpt=FILE.npz")
         model, vocab = load_export(cfg.ckpt)
-        return model, vocab, cfg.ckpt
-    from charlm.checkpoint import load_model, newest_run  # torch: imported only for this backend
+        return model, vocab, f"{cfg.ckpt} (NumPy engine)"
+    from charlm.checkpoint import load_model, newest_run, numpy_weights  # torch: imported only for this path
     from charlm.torch_runner import TorchRunner, check_device
 
     check_device("device", cfg.device)
     loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
-    return TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile), loaded.vocab, loaded.path
+    if numpy_engine and loaded.model_config["name"] == "gpt" and loaded.quantization is None:
+        from charlm.numpy_gpt import NumpyGPT
+
+        return NumpyGPT(loaded.model_config, numpy_weights(loaded.model)), loaded.vocab, f"{loaded.path} (NumPy engine)"
+    runner = TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile)
+    return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if cfg.compile else ''})"
 
 
 def sample(cfg: DictConfig) -> None:
     check_sample_config(cfg)
-    runner, vocab, path = open_model(cfg)
-    print(f"sampling from {path} ({cfg.backend})", file=sys.stderr, flush=True)
+    runner, vocab, what = open_model(cfg)
+    print(f"sampling from {what}", file=sys.stderr, flush=True)
     prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
     prompt_ids = np.array([vocab.encode(prompt)] * cfg.num_samples, dtype=np.int64)
     rng = np.random.default_rng(cfg.seed)  # seed None: fresh entropy each call
