@@ -12,14 +12,14 @@ import torch
 
 def test_generation_benchmark_writes_markdown_and_json(tmp_path):
     cmd = [sys.executable, "-m", "charlm.bench", "generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy",
-           "--compile", "--tokens", "40", "--batch", "1,2", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
+           "--compile", "--tokens", "40", "--batch", "1", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
+    # one batch size (a compile each costs seconds); batches are timed alike
     assert [(r["preset"], r["backend"], r["batch"]) for r in rows] == [
-        ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch", 2), ("gpt_0.2m", "torch+compile", 1),
-        ("gpt_0.2m", "torch+compile", 2), ("gpt_0.2m", "numpy", 1), ("gpt_0.2m", "numpy", 2),
-        ("cnn_0.2m", "torch", 1), ("cnn_0.2m", "torch", 2)]  # the CNN has no compiled step
+        ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch+compile", 1), ("gpt_0.2m", "numpy", 1),
+        ("cnn_0.2m", "torch", 1)]  # the CNN has no compiled step
     assert all(r["speedup"] == pytest.approx(r["cached_tokens_per_s"] / r["recompute_tokens_per_s"]) for r in rows)
     assert all((r["compile_s"] > 0) if r["backend"] == "torch+compile" else r["compile_s"] == "-" for r in rows)
     assert "warning" not in result.stderr  # it compiled rather than falling back

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.callbacks import GracefulInterrupt
@@ -55,15 +55,15 @@ def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path, step: int, 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    """The reference for exact resume: 150 steps in one go, through the command line."""
+    """The reference for exact resume: 150 steps in one go (in this process: the same code as a command
+    line run, without its start-up)."""
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    reference = run_script("train.py", *STEADY, "max_steps=150", f"hydra.run.dir={run_dir}")
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    train_in_process(run_dir, *STEADY, "max_steps=150")
     return run_dir
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_path, uninterrupted, stop):
+def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_path, uninterrupted, stop, capsys):
     crashed = tmp_path / "crashed"
     process = start_training(crashed, "max_steps=2000")
     wait_for_checkpoint(process, crashed / "checkpoints" / "last.ckpt", 50)
@@ -78,10 +78,9 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
         summary = json.loads((crashed / "summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["steps"] == resumed_from
 
-    resumed = run_script("train.py", *STEADY, "max_steps=150", f"ckpt_path={crashed}",
-                         f"hydra.run.dir={tmp_path / 'resume-log'}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"at step {resumed_from}" in resumed.stdout
+    # The crash needs a process of its own; the resume runs here, as `train.py ... ckpt_path=crashed` would.
+    train_in_process(tmp_path / "resume-log", *STEADY, "max_steps=150", f"ckpt_path={crashed}")
+    assert f"resuming {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in capsys.readouterr().out
     whole, after = step_losses(uninterrupted), step_losses(crashed, newest_file_only=True)
     assert sorted(after) == list(range(resumed_from, 150))  # logged at step index: steps resumed_from+1 .. 150
     for step, loss in after.items():
@@ -89,27 +88,41 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
     assert saved_step(crashed / "checkpoints" / "last.ckpt") == 150  # in the same run folder
 
 
-WRITER = """
-import sys, torch
+# One start-up (torch and Lightning take seconds), then a forked writer per line read: each saves
+# versions 1, 2, ... through the trainer's checkpoint IO, printing each version it completed, until killed.
+WRITERS = """
+import os, sys, torch
 from charlm.trainer import AtomicCheckpointIO
-io, path, i = AtomicCheckpointIO(), sys.argv[1], 0
-while True:
-    i += 1
-    io.save_checkpoint({"version": i, "weights": torch.full((15_000_000,), float(i))}, path)
-    print(i, flush=True)
+io = AtomicCheckpointIO()
+for path in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        i = 0
+        while True:
+            i += 1
+            io.save_checkpoint({"version": i, "weights": torch.full((15_000_000,), float(i))}, path.strip())
+            print(os.getpid(), i, flush=True)
+    os.waitpid(pid, 0)
+    print("killed", flush=True)
 """
 
 
 def test_killing_a_checkpoint_write_never_corrupts_the_file(tmp_path):
     target = tmp_path / "last.ckpt"
+    writers = subprocess.Popen([sys.executable, "-c", WRITERS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
     for delay in (0.05, 0.13, 0.31):
-        process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
-        process.stdout.readline()  # one complete save
+        writers.stdin.write(f"{target}\n")
+        writers.stdin.flush()
+        pid = int(writers.stdout.readline().split()[0])  # one complete save
         time.sleep(delay)  # then die somewhere inside a later one
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        os.kill(pid, signal.SIGKILL)
+        while writers.stdout.readline() != "killed\n":  # the writer is gone
+            pass
         checkpoint = torch.load(target, weights_only=True)
         assert torch.equal(checkpoint["weights"], torch.full((15_000_000,), float(checkpoint["version"])))
+    writers.stdin.close()
+    assert writers.wait(timeout=30) == 0
     for leftover in tmp_path.glob(".*.tmp"):  # temp files of killed writes never replace the target
         leftover.unlink()
 
