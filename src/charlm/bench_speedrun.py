@@ -143,7 +143,8 @@ def run_nanogpt(root: Path, args: str, out_dir: Path) -> tuple[dict, list[dict],
         raise CharLMError("nanoGPT printed no validation loss")
     parameters = next((line.split(":", 1)[1].strip() for _, line in lines if "number of parameters" in line), "-")
     # nanoGPT's loss is its own estimate: the mean over 200 random batches of the validation split
-    row = {"run": f"nanoGPT {args}", "parameters": parameters, "steps": records[-1]["step"], "tokens": "-",
+    label = "nanoGPT train.py (0.2M, 5000 iterations)" if args == NANOGPT_ARGS else f"nanoGPT {args}"
+    row = {"run": label, "parameters": parameters, "steps": records[-1]["step"], "tokens": "-",
            "best_val_loss": min(r["val_loss"] for r in records)}
     return row, records, start, process_s
 
