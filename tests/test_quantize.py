@@ -4,9 +4,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import TINY, run_script
 
 from charlm.checkpoint import load_model
+from charlm.corpus import resolve_path
 from charlm.generation import generate
 from charlm.int8 import Int8Conv1d, Int8Linear, quantize_model, quantize_weight
 from charlm.models import build_model
@@ -43,18 +44,30 @@ def test_quantized_models_stay_close_and_keep_their_cache(name):
     assert cached == [int(t[0]) for t in generate(runner, prompt, 20, temperature=0, use_cache=False)]
 
 
-def test_quantize_command_reports_and_writes_a_loadable_model(trained_run, tmp_path):
+def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here, tmp_path):
+    """Like evaluate.py: the validation split of the text the run recorded (here not Tiny Shakespeare's
+    default split), so the float32 loss is the run's own best val loss; the int8 file keeps those data
+    settings, and nothing is written but --out."""
+    text = tmp_path / "text.txt"
+    text.write_text(resolve_path(None).read_text()[:60_000])
+    best, run = train_here(*TINY, "max_steps=40", "eval_interval=20", f"data.path={text}",
+                           "data.train_fraction=0.8", run_dir=tmp_path / "run")
+    before = sorted(p for p in tmp_path.rglob("*"))
     out = tmp_path / "tiny.int8.pt"
-    result = subprocess.run([sys.executable, "-m", "charlm.quantize", str(trained_run), "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "charlm.quantize", str(run), "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert f"scoring the validation split of {text} (12,000 tokens)" in result.stderr
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
             if line.startswith("| float32") or line.startswith("| int8")}
     float_loss, int8_loss = float(rows["float32"][2]), float(rows["int8"][2])
+    assert float_loss == pytest.approx(best, abs=1e-4)  # printed to 4 decimals
     assert abs(int8_loss - float_loss) < 0.01
     assert float(rows["int8"][1]) < float(rows["float32"][1])  # parameter memory shrinks
+    assert sorted(p for p in tmp_path.rglob("*")) == sorted([*before, out])  # --out, and nothing else
     loaded = load_model(out)
     assert loaded.quantization["scheme"] == "int8-weight-only-per-channel"
+    assert loaded.data["path"] == str(text) and loaded.data["train_fraction"] == 0.8
     assert loaded.model.blocks[0].attn.qkv.qweight.dtype == torch.int8
     sampled = run_script("sample.py", f"ckpt={out}", "num_tokens=30", "seed=0")
     assert sampled.returncode == 0 and len(sampled.stdout) == 32

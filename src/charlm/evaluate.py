@@ -70,13 +70,36 @@ def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None
     return total, count
 
 
-def data_settings(cfg: DictConfig, recorded: dict | None) -> dict:
-    """The data the run was trained on, as its checkpoint recorded it, with the command line's changes."""
+def data_settings(recorded: dict | None, overrides: dict) -> dict:
+    """The data a run was trained on, as its checkpoint recorded it, with the caller's changes (None:
+    keep the recorded value)."""
     settings = dict(DATA_DEFAULTS)
     if recorded:
         settings |= {key: recorded[key] for key in DATA_DEFAULTS if key in recorded}
-    settings |= {key: value for key, value in cfg.data.items() if value is not None}
+    settings |= {key: value for key, value in overrides.items() if value is not None}
     return settings
+
+
+def split_ids(loaded, data: dict, split: str) -> tuple[np.ndarray, Path]:
+    """A model's token ids of one split of its text (train/val/test as `data` cuts them), and the
+    text's path; a text the model cannot read, a missing split or one shorter than a block is a
+    CharLMError."""
+    corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
+    if corpus.vocab.mode != loaded.vocab.mode:
+        raise CharLMError(f"{resolve_path(data['path'])} read as {data['vocab']} gives another vocabulary "
+                          f"({corpus.vocab.describe()}) than the model's ({loaded.vocab.describe()}); give the "
+                          "text and data.vocab the model was trained on")
+    if split == "test" and not data["test_fraction"]:
+        raise CharLMError("this run has no test split (data.test_fraction was 0); score split=val, or give "
+                          "data.test_fraction=F to cut one from the text")
+    start, end = split_bounds(len(corpus.tokens), data["train_fraction"], data["test_fraction"])[split]
+    ids = ids_in(corpus.tokens[start:end], corpus.vocab, loaded.vocab, str(corpus.source),
+                 "; give the text the model was trained on")  # a fine-tuned model: its text's subset
+    block_size = loaded.model.block_size
+    if len(ids) < block_size + 1:
+        raise CharLMError(f"the {split} split of {corpus.source} has {len(ids)} characters, fewer than one block "
+                          f"of {block_size} + 1")
+    return ids, corpus.source
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -89,25 +112,12 @@ def evaluate(cfg: DictConfig) -> dict:
         checks.choice("data.vocab", cfg.data.vocab, MODES)
     file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
     loaded = load_model(file)
-    data = data_settings(cfg, loaded.data)
-    corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
-    if corpus.vocab.mode != loaded.vocab.mode:
-        raise CharLMError(f"{resolve_path(data['path'])} read as {data['vocab']} gives another vocabulary "
-                          f"({corpus.vocab.describe()}) than the model's ({loaded.vocab.describe()}); give the "
-                          "text and data.vocab the model was trained on")
-    if cfg.split == "test" and not data["test_fraction"]:
-        raise CharLMError("this run has no test split (data.test_fraction was 0); score split=val, or give "
-                          "data.test_fraction=F to cut one from the text")
-    start, end = split_bounds(len(corpus.tokens), data["train_fraction"], data["test_fraction"])[cfg.split]
-    ids = ids_in(corpus.tokens[start:end], corpus.vocab, loaded.vocab, str(corpus.source),
-                 "; give the text the model was trained on")  # a fine-tuned model: its text's subset
+    ids, source = split_ids(loaded, data_settings(loaded.data, dict(cfg.data)), cfg.split)
     block_size = loaded.model.block_size
     if cfg.stride is not None and cfg.stride > block_size:
         raise CharLMError(f"stride must be at most block_size ({block_size}), got {cfg.stride}")
-    if len(ids) < block_size + 1:
-        raise CharLMError(f"the {cfg.split} split has {len(ids)} characters, fewer than one block of {block_size} + 1")
     model = loaded.model.to(cfg.device)
-    print(f"scoring {file} on the {cfg.split} split of {corpus.source} ({len(ids):,} tokens)", file=sys.stderr)
+    print(f"scoring {file} on the {cfg.split} split of {source} ({len(ids):,} tokens)", file=sys.stderr)
     results = {"checkpoint": str(file), "split": cfg.split, "tokens": len(ids)}
     for name, stride in [("blocks", None)] + ([("sliding", cfg.stride)] if cfg.stride else []):
         began = time.perf_counter()
