@@ -106,3 +106,24 @@ def test_a_mistyped_override_is_answered_without_torch(tmp_path):
     assert result.returncode != 0 and "nlayer" in result.stderr
     imported = modules_imported(result.stderr)
     assert not imported & {"torch", "lightning"}
+
+
+def test_one_charlm_command_runs_every_entry_point(trained_run, tmp_path):
+    """`charlm` (the console script; `python -m charlm` here, the same function): --help lists the
+    commands without importing torch, and each command reaches its entry point with its arguments."""
+    from charlm.__main__ import COMMANDS
+
+    charlm = [sys.executable, "-X", "importtime", "-m", "charlm"]
+    listing = subprocess.run([*charlm, "--help"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and all(f"\n  {name} " in listing.stdout for name in COMMANDS)
+    assert not modules_imported(listing.stderr) & {"torch", "hydra"}
+    config = subprocess.run([*charlm, "train", "--cfg", "job", "n_layer=3"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert config.returncode == 0 and "n_layer: 3" in config.stdout
+    sampled = subprocess.run([sys.executable, "-m", "charlm", "sample", f"ckpt={trained_run}", "num_tokens=7",
+                              "prompt=The king"], capture_output=True, text=True, timeout=120)
+    assert sampled.returncode == 0 and sampled.stdout.startswith("The king") and len(sampled.stdout) == 16
+    for args, message in [(["nonsense"], "unknown command 'nonsense'"),
+                          (["export", str(tmp_path / "none.ckpt")], "checkpoint not found")]:
+        failed = subprocess.run([sys.executable, "-m", "charlm", *args], capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 2 and failed.stderr.startswith(f"error: {message}"), failed.stderr
