@@ -129,14 +129,29 @@ def test_swiglu_is_parameter_matched(compose_config, shape, expected):
     assert abs(expected - count_parameters(plain)) / count_parameters(plain) < 0.02
 
 
-@pytest.mark.parametrize("preset", ["gpt_0.2m_published", "gpt_2.7m_published", "gpt_10.7m_published"])
+# The recipe each _published preset was measured with, written out: a change to a shared default
+# (optimizer/adamw.yaml, model/gpt.yaml, config.yaml) must not move their numbers.
+PUBLISHED_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "warmup_steps": 100,
+                       "min_lr_ratio": 0.1, "decay_steps": None, "schedule": "cosine", "decay_fraction": 0.2}
+PUBLISHED_BLOCK = {"name": "gpt", "init": "gpt2", "norm": "pre", "norm_type": "layernorm", "pos_encoding": "learned",
+                   "qk_norm": False, "qkv_bias": False, "logit_softcap": 0.0, "zero_init_proj": False}
+SMALL_BLOCK = {"activation": "relu", "bias": True, "tie_weights": False}
+NANOGPT_BLOCK = {"activation": "gelu", "bias": False, "tie_weights": True}
+PUBLISHED = {  # n_layer, n_head, n_embd, block_size, dropout, batch_size, max_steps; the options that differ
+    "gpt_0.2m_published": ((4, 4, 64, 32, 0.0, 16, 5000), SMALL_BLOCK),
+    "gpt_2.7m_published": ((6, 6, 192, 32, 0.1, 16, 5000), SMALL_BLOCK),
+    "gpt_10.7m_published": ((6, 6, 384, 256, 0.2, 64, 5000), NANOGPT_BLOCK),
+}
+
+
+@pytest.mark.parametrize("preset", list(PUBLISHED))
 def test_published_presets_keep_their_first_recipe(compose_config, preset):
     """New recipes go into the tuned presets; the _published ones train with AdamW, cosine decay and
     the model options of the day they were measured, so their numbers stay reproducible."""
     cfg = compose_config(f"experiment={preset}")
-    assert OmegaConf.to_container(cfg.optimizer) == OmegaConf.to_container(compose_config("optimizer=adamw").optimizer)
-    assert cfg.optimizer.name == "adamw" and cfg.optimizer.schedule == "cosine"
-    model = cfg.model
-    options = (model.norm_type, model.qk_norm, model.logit_softcap, model.zero_init_proj)
-    assert options == ("layernorm", False, 0.0, False)
-    assert model.activation == ("gelu" if preset == "gpt_10.7m_published" else "relu")
+    shape, options = PUBLISHED[preset]
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.dropout, cfg.batch_size, cfg.max_steps) == shape
+    assert OmegaConf.to_container(cfg.optimizer, resolve=True) == PUBLISHED_OPTIMIZER
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert {key: model[key] for key in [*PUBLISHED_BLOCK, *options]} == PUBLISHED_BLOCK | options
+    assert cfg.trainer.gradient_clip_val == 1.0
