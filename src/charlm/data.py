@@ -196,9 +196,6 @@ class CharDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self.evaluation_loader("val", self.max_val_tokens)
 
-    def test_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("test", None)
-
     def evaluation_loader(self, split: str, max_tokens: int | None) -> DataLoader:
         """Non-overlapping blocks of a held-out split, in order, each exactly once across processes."""
         ids = self.splits[split]

@@ -1,7 +1,7 @@
 """The whole GPT in NumPy: embeddings + positions, decoder blocks, final norm, vocabulary projection.
 
 It runs the weights of a trained torch GPT (exported with `python -m charlm.export`) and gives the
-same logits to within float32 rounding. It also serves as a runner for `charlm.sampling.generate`.
+same logits to within float32 rounding. It also serves as a runner for `charlm.generation.generate`.
 """
 
 import math
@@ -64,7 +64,7 @@ class NumpyGPT:
         cap = self.logit_softcap
         return (cap * np.tanh(logits / cap)).astype(logits.dtype) if cap else logits
 
-    # The runner interface of charlm.sampling.generate:
+    # The runner interface of charlm.generation.generate:
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return self.forward(ids)[:, -1]
 
