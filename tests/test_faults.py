@@ -113,7 +113,7 @@ def test_quantize_checks_the_text_before_it_writes(run_copy, tmp_path):
     before = folder_state(run_copy)
     with pytest.raises(CharLMError, match=r"lacks: '0', '1', .*; give the text the model was trained on with --data"):
         quantize.main([str(run_copy), "--data", str(other)])
-    with pytest.raises(CharLMError, match=r"too short: its last 10% has 10 characters, and one block .* needs 17"):
+    with pytest.raises(CharLMError, match=r"val split of .*short.txt has 10 characters, fewer than one block of 16"):
         quantize.main([str(run_copy), "--data", str(short)])
     assert folder_state(run_copy) == before  # nothing written
 

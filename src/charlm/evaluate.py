@@ -80,10 +80,10 @@ def data_settings(recorded: dict | None, overrides: dict) -> dict:
     return settings
 
 
-def split_ids(loaded, data: dict, split: str) -> tuple[np.ndarray, Path]:
+def split_ids(loaded, data: dict, split: str, other_text: str = "data.path=PATH") -> tuple[np.ndarray, Path]:
     """A model's token ids of one split of its text (train/val/test as `data` cuts them), and the
     text's path; a text the model cannot read, a missing split or one shorter than a block is a
-    CharLMError."""
+    CharLMError (`other_text`: how the caller's command names another text)."""
     corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
     if corpus.vocab.mode != loaded.vocab.mode:
         raise CharLMError(f"{resolve_path(data['path'])} read as {data['vocab']} gives another vocabulary "
@@ -94,7 +94,7 @@ def split_ids(loaded, data: dict, split: str) -> tuple[np.ndarray, Path]:
                           "data.test_fraction=F to cut one from the text")
     start, end = split_bounds(len(corpus.tokens), data["train_fraction"], data["test_fraction"])[split]
     ids = ids_in(corpus.tokens[start:end], corpus.vocab, loaded.vocab, str(corpus.source),
-                 "; give the text the model was trained on")  # a fine-tuned model: its text's subset
+                 f"; give the text the model was trained on with {other_text}")  # fine-tuned: its text's subset
     block_size = loaded.model.block_size
     if len(ids) < block_size + 1:
         raise CharLMError(f"the {split} split of {corpus.source} has {len(ids)} characters, fewer than one block "

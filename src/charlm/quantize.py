@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
     if original.quantization is not None:
         raise CharLMError(f"{source} is already quantized")
     data = data_settings(original.data, {"path": args.data})
-    val_ids, text = split_ids(original, data, "val")
+    val_ids, text = split_ids(original, data, "val", other_text="--data PATH")
     print(f"scoring the validation split of {text} ({len(val_ids):,} tokens)", file=sys.stderr, flush=True)
 
     quantized = quantize_model(load_model(source).model, args.quantize_head)
