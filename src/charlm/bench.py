@@ -43,7 +43,7 @@ from charlm.devices import autocast, compile_model, mixed_dtype, training_device
 from charlm.errors import CharLMError
 from charlm.generation import generate
 from charlm.lightning_module import LanguageModel
-from charlm.models import build_model, count_parameters
+from charlm.models import GPT, build_model, count_parameters
 from charlm.numpy_gpt import NumpyGPT
 from charlm.recipe import make_optimizer, next_token_loss
 from charlm.run_config import prepare_run_config
@@ -275,7 +275,7 @@ def bench_generation(presets: list[str], tokens: int, batches: list[int], repeat
         runners = [("torch", TorchRunner(model))]
         if compile_too and hasattr(model, "step"):
             runners.append(("torch+compile", TorchRunner(model, compile=True)))
-        if numpy_too and name.startswith("gpt"):
+        if numpy_too and isinstance(model, GPT):  # a GPT preset, whatever its name (speedrun)
             config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "vocab_size"}
             runners.append(("numpy", NumpyGPT(config, numpy_weights(model))))
         eager_recompute = {}
