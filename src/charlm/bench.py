@@ -343,24 +343,19 @@ def save(rows: list[dict], kind: str, out_dir: Path, command: str) -> None:
     print(f"\nsaved {out_dir / kind}.md and .json")
 
 
-def positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def positive_list(cast, kind: str):
+    """An argparse type: comma-separated positive finite values of `cast` ("integers", "numbers")."""
 
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from None
+        if not all(0 < v < float("inf") for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive {kind}, got {text!r}")
+        return values
 
-def positive_floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
-    return values
+    return parse
 
 
 def main(argv: list[str]) -> None:
@@ -374,7 +369,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--presets", default="gpt_0.2m,cnn_0.2m,gpt_2.7m,cnn_2.7m,gpt_10.7m",
                         help="generation: comma-separated presets")
     parser.add_argument("--tokens", type=int, default=500, help="generation: new characters per sample")
-    parser.add_argument("--batch", type=positive_ints, default=[1, 8], help="generation: batch sizes, e.g. 1,8")
+    parser.add_argument("--batch", type=positive_list(int, "integers"), default=[1, 8],
+                        help="generation: batch sizes, e.g. 1,8")
     parser.add_argument("--repeats", type=int, default=3, help="generation: runs per measurement")
     parser.add_argument("--numpy", action="store_true", help="generation: also time the NumPy engine (GPT presets)")
     parser.add_argument("--compile", action="store_true",
@@ -384,7 +380,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--megabytes", type=int, default=1000, help="data: size of the generated UTF-8 corpus")
     parser.add_argument("--no-baseline", action="store_true",
                         help="data: skip nanoGPT-style encoding (slow and memory-hungry on large corpora)")
-    parser.add_argument("--thresholds", type=positive_floats, default=THRESHOLDS,
+    parser.add_argument("--thresholds", type=positive_list(float, "finite numbers"), default=THRESHOLDS,
                         help="speedrun: validation losses to time, e.g. 1.884,1.70,1.60")
     parser.add_argument("--nanogpt", type=Path, default=None,
                         help="speedrun: a nanoGPT checkout; its own train.py runs first, on the same text")
