@@ -1,12 +1,13 @@
 import pytest
 import torch
 
+from charlm.checkpoint import load_model
 from charlm.errors import CharLMError
 from charlm.models import build_model
 
 
 def tiny_cnn(**overrides):
-    config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=40, dilation_cycle=3)
+    config = dict(name="cnn", n_layer=4, n_embd=16, block_size=40, dilation_cycle=3)
     return build_model(config | overrides, vocab_size=11).eval()
 
 
@@ -39,24 +40,23 @@ def test_receptive_field_is_exactly_what_the_stack_sees():
 
 
 def test_dilation_schedule_doubles_or_cycles():
-    assert tiny_cnn(num_layers=5, dilation_cycle=0).config.dilations == [1, 2, 4, 8, 16]
-    assert tiny_cnn(num_layers=7, dilation_cycle=3).config.dilations == [1, 2, 4, 1, 2, 4, 1]
+    assert tiny_cnn(n_layer=5, dilation_cycle=0).config.dilations == [1, 2, 4, 8, 16]
+    assert tiny_cnn(n_layer=7, dilation_cycle=3).config.dilations == [1, 2, 4, 1, 2, 4, 1]
 
 
 def test_shorter_sequences_work_and_longer_ones_are_rejected():
     model = tiny_cnn()
     assert model(torch.zeros(2, 7, dtype=torch.long)).shape == (2, 7, 11)
-    with pytest.raises(ValueError, match="longer than max_seq_len 40"):
+    with pytest.raises(ValueError, match="longer than block_size 40"):
         model(torch.zeros(1, 41, dtype=torch.long))
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"hidden_dim": 32}, r"hidden_dim \(32\) must equal embedding_dim \(16\)"),
         ({"kernel_size": 1}, "kernel_size must be at least 2"),
-        ({"num_layers": 0}, "num_layers must be a positive integer"),
-        ({"embedding_dim": -16, "hidden_dim": -16}, "embedding_dim must be a positive integer"),
+        ({"n_layer": 0}, "n_layer must be a positive integer"),
+        ({"n_embd": -16}, "n_embd must be a positive integer"),
         ({"dilation_cycle": -1}, "dilation_cycle must be a positive integer"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ],
@@ -66,3 +66,21 @@ def test_bad_cnn_options_get_clear_errors(options, message):
         tiny_cnn(**options)
 
 
+
+
+def test_checkpoints_saved_with_the_old_cnn_knob_names_still_load(tmp_path):
+    """Before the CNN took the GPT's names it saved num_layers, embedding_dim, hidden_dim, max_seq_len."""
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    old = {"name": "cnn", "num_layers": 4, "embedding_dim": 16, "hidden_dim": 16, "max_seq_len": 40,
+           "kernel_size": 3, "dilation_cycle": 3, "dropout": 0.0}
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"model": old, "vocab": "abcdefghijk"}}, tmp_path / "old.ckpt")
+    loaded = load_model(tmp_path / "old.ckpt")
+    assert loaded.model_config == {"name": "cnn", "block_size": 40, "n_layer": 4, "n_embd": 16, "kernel_size": 3,
+                                   "dilation_cycle": 3, "dropout": 0.0}  # today's names
+    idx = torch.randint(11, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(idx), model(idx))
+    with pytest.raises(CharLMError, match=r"hidden_dim \(8\) must equal n_embd \(16\)"):
+        build_model(old | {"hidden_dim": 8}, vocab_size=11)

@@ -63,7 +63,7 @@ def test_validation_interval_is_clipped_to_the_run(compose_config):
 def test_top_level_knobs_reach_the_cnn(compose_config):
     cfg, model = preset_model(compose_config, "model=cnn", "n_layer=8", "n_embd=128", "block_size=48")
     assert len(model.blocks) == 8
-    assert model.config.embedding_dim == model.config.hidden_dim == 128 and model.block_size == 48
+    assert model.config.n_embd == 128 and model.block_size == 48
     assert cfg.data.block_size == 48
 
 

@@ -13,7 +13,6 @@ from charlm.errors import CharLMError
 from charlm.model_config import MODEL_CONFIGS, full_config
 from charlm.run_config import COPIES, RUN_FOLDER_COPIES, resolve_copies
 
-CNN_ONLY = {"model.max_seq_len", "model.num_layers", "model.embedding_dim", "model.hidden_dim"}
 VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners that take other than a size
 
 
@@ -21,7 +20,7 @@ VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners th
 def test_a_copy_set_alone_takes_effect_everywhere(compose_config, copy):
     owner = COPIES[copy][0]
     value = VALUES.get(owner, 48)
-    overrides = ["model=cnn" if copy in CNN_ONLY else "model=gpt", f"{copy}={value}"]
+    overrides = [f"{copy}={value}"]
     cfg = compose_config(*overrides)
     resolve_copies(cfg, overrides)
     assert cfg[owner] == value
@@ -123,4 +122,4 @@ def test_fine_tuning_reports_the_checkpoints_model_and_block_size(train_here, tm
     summary = json.loads((tuned / "summary.json").read_text())
     assert summary["model"] == "cnn" and summary["tokens"] == 6 * 16 * 24
     checkpoint = torch.load(tuned / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["hyper_parameters"]["model"]["max_seq_len"] == 24
+    assert checkpoint["hyper_parameters"]["model"]["block_size"] == 24

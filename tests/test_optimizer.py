@@ -26,7 +26,7 @@ STEADY = [*TINY, "optimizer=muon", "max_steps=40", "dropout=0.1", "eval_interval
 @pytest.mark.parametrize("name", ["gpt", "cnn"])
 def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(name):
     sizes = {"gpt": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
-             "cnn": {"num_layers": 2, "embedding_dim": 16, "hidden_dim": 16, "max_seq_len": 16}}
+             "cnn": {"n_layer": 2, "n_embd": 16, "block_size": 16}}
     model = build_model({"name": name, **sizes[name]}, vocab_size=11)
     optimizer, _ = make_optimizer(model, MUON, max_steps=10)
     assert isinstance(optimizer, MuonWithAdamW)
@@ -213,7 +213,7 @@ def test_a_muon_matrix_optimizer_is_refused_without_its_settings(compose_config)
 
 
 def test_old_cnn_checkpoints_with_3d_kernels_still_load():
-    options = {"name": "cnn", "num_layers": 2, "embedding_dim": 8, "hidden_dim": 8, "max_seq_len": 8}
+    options = {"name": "cnn", "n_layer": 2, "n_embd": 8, "block_size": 8}
     model = build_model(options, vocab_size=5)
     state = {k: v.view(v.shape[0], 8, -1) if k.endswith("conv.weight") else v for k, v in model.state_dict().items()}
     assert state["blocks.0.conv.weight"].dim() == 3

@@ -27,7 +27,7 @@ def test_per_channel_rounding_error_is_at_most_half_a_step():
 def test_quantized_models_stay_close_and_keep_their_cache(name):
     torch.manual_seed(0)
     config = (dict(name="gpt", n_layer=2, n_head=2, n_embd=32, block_size=24) if name == "gpt" else
-              dict(name="cnn", num_layers=3, embedding_dim=32, hidden_dim=32, max_seq_len=24))
+              dict(name="cnn", n_layer=3, n_embd=32, block_size=24))
     model = build_model(config, vocab_size=11).eval()
     ids = torch.randint(11, (2, 24))
     with torch.no_grad():

@@ -14,7 +14,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 def tiny(name, window=40, device="cpu"):
     torch.manual_seed(0)
     if name == "cnn":
-        config = dict(name="cnn", num_layers=4, embedding_dim=16, hidden_dim=16, max_seq_len=window, dilation_cycle=3)
+        config = dict(name="cnn", n_layer=4, n_embd=16, block_size=window, dilation_cycle=3)
     elif name == "gpt_blocks":  # every block option that changes the forward pass
         config = dict(name="gpt", n_layer=2, n_head=2, n_embd=16, block_size=window, pos_encoding="rope",
                       norm_type="rmsnorm", qk_norm=True, activation="swiglu", logit_softcap=5.0)

@@ -13,6 +13,7 @@ from torch import nn
 from charlm.errors import CharLMError
 from charlm.export_format import read_export
 from charlm.int8 import quantize_model
+from charlm.model_config import full_config
 from charlm.models import build_model
 from charlm.vocab import Vocabulary
 
@@ -101,7 +102,8 @@ def load_model(path: str | Path) -> LoadedModel:
     except RuntimeError as err:
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
         raise CharLMError(f"weights in {file} do not match its model config ({detail})") from None
-    return LoadedModel(model.eval(), vocab, dict(model_config), file, quantization, data)
+    # in today's knob names, every default filled in, whatever release saved it
+    return LoadedModel(model.eval(), vocab, full_config(model_config), file, quantization, data)
 
 
 def numpy_weights(model: nn.Module) -> dict[str, np.ndarray]:

@@ -26,8 +26,7 @@ def training_bytes(model_config: dict, vocab_size: int, batch_size: int, block_s
     """A lower estimate of one training process's peak: weights, gradients and AdamW's two moments,
     the activations a step keeps for its backward pass, and the logits with their gradient."""
     name = model_config["name"]
-    width = model_config.get("n_embd") or model_config["embedding_dim"]
-    layers = model_config.get("n_layer") or model_config["num_layers"]
+    width, layers = model_config["n_embd"], model_config["n_layer"]
     tokens = batch_size * block_size
     activations = tokens * layers * width * ACTIVATIONS_PER_LAYER[name]
     if name == "gpt":  # attention scores, kept when dropout or the math kernel is used

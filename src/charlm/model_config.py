@@ -75,28 +75,22 @@ class GPTConfig:
 @dataclass
 class CNNConfig:
     vocab_size: int = 65
-    embedding_dim: int = 64
-    hidden_dim: int = 64  # must equal embedding_dim: the residual adds block input and output
-    num_layers: int = 4
+    block_size: int = 32  # longest context the position table covers
+    n_layer: int = 4
+    n_embd: int = 64  # channels of the embeddings and of every block (the residual adds them)
     kernel_size: int = 3
-    max_seq_len: int = 32  # longest sequence the position table covers
     dilation_cycle: int = 4  # k > 0: dilations 1, 2, ..., 2^(k-1), then again; 0: 1, 2, 4, ... per layer
     dropout: float = 0.0
 
     def __post_init__(self):
         check_fields(self, "CNN", may_be_zero=("dilation_cycle",))
-        if self.hidden_dim != self.embedding_dim:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must equal embedding_dim ({self.embedding_dim}) "
-                "for the residual connections"
-            )
         if self.kernel_size < 2:
             raise ValueError(f"kernel_size must be at least 2, got {self.kernel_size}")
 
     @property
     def dilations(self) -> list[int]:
-        cycle = self.dilation_cycle or self.num_layers
-        return [2 ** (i % cycle) for i in range(self.num_layers)]
+        cycle = self.dilation_cycle or self.n_layer
+        return [2 ** (i % cycle) for i in range(self.n_layer)]
 
     @property
     def receptive_field(self) -> int:
@@ -105,6 +99,20 @@ class CNNConfig:
 
 
 MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "cnn": CNNConfig}
+# Names the CNN's knobs had in checkpoints and exports saved before it took the GPT's names.
+CNN_OLD_NAMES = {"num_layers": "n_layer", "embedding_dim": "n_embd", "max_seq_len": "block_size"}
+
+
+def current_names(name: str, options: dict) -> dict:
+    """A saved model config in today's knob names (old CNN configs also had hidden_dim, always equal
+    to embedding_dim)."""
+    if name != "cnn" or not options.keys() & {*CNN_OLD_NAMES, "hidden_dim"}:
+        return options
+    hidden = options.get("hidden_dim")
+    options = {CNN_OLD_NAMES.get(k, k): v for k, v in options.items() if k != "hidden_dim"}
+    if hidden is not None and hidden != options.get("n_embd"):
+        raise ValueError(f"hidden_dim ({hidden}) must equal n_embd ({options.get('n_embd')})")
+    return options
 
 
 def model_settings(config: dict, vocab_size: int = 65):
@@ -114,7 +122,7 @@ def model_settings(config: dict, vocab_size: int = 65):
     if name not in MODEL_CONFIGS:
         raise CharLMError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_CONFIGS)}")
     try:
-        return MODEL_CONFIGS[name](vocab_size=vocab_size, **options)
+        return MODEL_CONFIGS[name](vocab_size=vocab_size, **current_names(name, options))
     except (TypeError, ValueError) as err:  # an option the model does not take, or a bad value
         raise CharLMError(f"model {name}: {err}") from None
 

@@ -21,16 +21,12 @@ COPIES = {
     "trainer.val_check_interval": ("eval_interval", "${min:${eval_interval},${max_steps}}"),
     "data.block_size": ("block_size", "${block_size}"),
     "model.block_size": ("block_size", "${block_size}"),
-    "model.max_seq_len": ("block_size", "${block_size}"),
     "data.batch_size": ("batch_size", "${batch_size}"),
     "optimizer.lr": ("lr", "${lr}"),
     "data.seed": ("seed", "${seed}"),
     "model.n_layer": ("n_layer", "${n_layer}"),
-    "model.num_layers": ("n_layer", "${n_layer}"),
     "model.n_head": ("n_head", "${n_head}"),
     "model.n_embd": ("n_embd", "${n_embd}"),
-    "model.embedding_dim": ("n_embd", "${n_embd}"),
-    "model.hidden_dim": ("n_embd", "${n_embd}"),
     "model.dropout": ("dropout", "${dropout}"),
 }
 # Copies of the run folder, which Hydra owns: they cannot be handed over, only refused.

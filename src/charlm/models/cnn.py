@@ -1,6 +1,6 @@
 """A dilated causal CNN language model (WaveNet-style stack with GLU gates), in plain PyTorch.
 
-Shapes: B batch, T time (characters), C channels (hidden_dim), V vocabulary. Convolutions work on
+Shapes: B batch, T time (characters), C channels (n_embd), V vocabulary. Convolutions work on
 (B, C, T); embeddings, norms and the output projection on (B, T, C).
 
 Generation keeps, per layer, the last (kernel_size - 1) * dilation inputs of that layer (the queue
@@ -78,16 +78,16 @@ class DilatedCNN(nn.Module):
     def __init__(self, **options):
         super().__init__()
         self.config = config = CNNConfig(**options)
-        self.block_size = config.max_seq_len
+        self.block_size = config.block_size
         self.receptive_field = config.receptive_field
-        self.tok_emb = nn.Embedding(config.vocab_size, config.embedding_dim)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.embedding_dim)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            CausalConvBlock(config.hidden_dim, config.kernel_size, d, config.dropout) for d in config.dilations
+            CausalConvBlock(config.n_embd, config.kernel_size, d, config.dropout) for d in config.dilations
         )
-        self.ln_f = nn.LayerNorm(config.hidden_dim)
-        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size)
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
@@ -105,7 +105,7 @@ class DilatedCNN(nn.Module):
         start = 0 if cache is None else cache.length
         T = idx.shape[1]
         if start + T > self.block_size:
-            raise ValueError(f"sequence of length {start + T} is longer than max_seq_len {self.block_size}")
+            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         x = x.transpose(1, 2)  # (B, C, T)
