@@ -8,14 +8,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from charlm.cli import register_resolvers
+from charlm.cli import prepare_hydra
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "charlm" / "conf"
 
 # A model small enough that a CLI run of a few dozen steps takes seconds.
-TINY = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "data.eval_batch_size=1024",
-        "callbacks.text_sample.num_tokens=40", "callbacks.progress_bar.refresh_rate=0"]
+TINY_RUN = ["data.eval_batch_size=1024", "callbacks.text_sample.num_tokens=40", "callbacks.progress_bar.refresh_rate=0"]
+TINY = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", *TINY_RUN]
+TINY_CNN = ["model=cnn", "n_layer=1", "n_embd=16", "block_size=16", *TINY_RUN]  # n_head does not apply
+# (fine-tuning, init_from: the model comes from the checkpoint, so only TINY_RUN)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -42,7 +44,7 @@ def user_facing_errors():
 def compose_run(run_dir: Path, *overrides: str):
     """The config `python train.py OVERRIDES hydra.run.dir=RUN_DIR` runs with, Hydra's part included and
     set as the current Hydra config (as Hydra sets it for a job)."""
-    register_resolvers()
+    prepare_hydra()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
@@ -80,7 +82,7 @@ def train_here(tmp_path):
 @pytest.fixture
 def compose_config():
     """Compose the real training config with overrides, as `python train.py` would."""
-    register_resolvers()
+    prepare_hydra()
 
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONF, TINY, run_script
+from conftest import CONF, TINY, TINY_RUN, run_script
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_usability import hparams_of
@@ -183,10 +183,21 @@ def test_impossible_config_gets_one_clear_error(override, expected, train_here):
         train_here(override)
 
 
-def test_misspelled_key_is_rejected_by_hydra(tmp_path):
-    result = run_script("train.py", "nlayer=3", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0
-    assert "nlayer" in result.stderr and "Traceback" not in result.stderr
+CONFIG_ERRORS = {  # caught while Hydra composes the config, before torch loads
+    "nlayer=3": "nlayer is not a setting (--help lists them; +nlayer=VALUE adds a new key)",
+    "seed=abc": "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer",
+    "compile=maybe": "Error merging override compile=maybe: Value 'maybe' is not a valid bool (type str)",
+    "model=cnn model.n_head=2": "model.n_head applies to model=gpt, not to this run's model",
+    "optimizer.muon_typo=1": "optimizer.muon_typo is not a setting (--help lists them; +optimizer.muon_typo=VALUE "
+                             "adds a new key)",
+    "model=transformer": "In 'config': Could not find 'model/transformer'; choose one of: cnn, gpt",
+}
+
+
+@pytest.mark.parametrize("overrides", list(CONFIG_ERRORS))
+def test_keys_and_types_the_schema_refuses_get_one_line(tmp_path, overrides):
+    result = run_script("train.py", *overrides.split(), f"hydra.run.dir={tmp_path / 'run'}")
+    assert (result.returncode, result.stderr) == (2, f"error: {CONFIG_ERRORS[overrides]}\n")
 
 
 def sweep(tmp_path, *args):
@@ -245,7 +256,7 @@ def test_optuna_search_gets_each_trials_best_val_loss(tmp_path):
 def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_vocabulary(trained_run, tmp_path, train_here, capsys):
     corpus = tmp_path / "sonnet.txt"
     corpus.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 60)
-    _, tuned_run = train_here(*TINY, f"init_from={trained_run}", f"data.path={corpus}", "lr=1e-9",
+    _, tuned_run = train_here(*TINY_RUN, f"init_from={trained_run}", f"data.path={corpus}", "lr=1e-9",
                               "optimizer.warmup_steps=0", "max_steps=10", "eval_interval=10")
     assert "fine-tuning" in capsys.readouterr().out
     tuned = torch.load(tuned_run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -259,7 +270,7 @@ def test_fine_tuning_on_text_with_unknown_characters_lists_them(trained_run, tmp
     corpus = tmp_path / "prices.txt"
     corpus.write_text("The price is 5€ {approx} and ~~ more.\n" * 100)
     with pytest.raises(CharLMError) as caught:
-        train_here(*TINY, f"init_from={trained_run}", f"data.path={corpus}")
+        train_here(*TINY_RUN, f"init_from={trained_run}", f"data.path={corpus}")
     assert str(caught.value) == f"{corpus} has characters the model's vocabulary lacks: '5', '{{', '}}', '~', '€'"
 
 

@@ -54,11 +54,11 @@ def test_shorter_sequences_work_and_longer_ones_are_rejected():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"kernel_size": 1}, "kernel_size must be at least 2"),
+        ({"kernel_size": 1}, "kernel_size must be an integer >= 2"),
         ({"n_layer": 0}, "n_layer must be a positive integer"),
         ({"n_embd": -16}, "n_embd must be a positive integer"),
-        ({"dilation_cycle": -1}, "dilation_cycle must be a positive integer"),
-        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"dilation_cycle": -1}, "dilation_cycle must be an integer >= 0"),
+        ({"dropout": 1.0}, r"dropout must be a finite number in \[0, 1\)"),
     ],
 )
 def test_bad_cnn_options_get_clear_errors(options, message):

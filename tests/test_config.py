@@ -2,6 +2,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from charlm.models import build_model, count_parameters
+from charlm.run_config import OptimizerConfig, group_settings
 
 
 def preset_model(compose_config, *overrides):
@@ -107,7 +108,7 @@ def test_the_schedule_knob_reaches_the_optimizer(compose_config):
 
     cfg = compose_config("optimizer.schedule=wsd", "optimizer.warmup_steps=0", "max_steps=100")
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=65)
-    optimizer, scheduler = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True), cfg.max_steps)
+    optimizer, scheduler = make_optimizer(model, group_settings(OptimizerConfig, cfg.optimizer), cfg.max_steps)
     rates = []
     for _ in range(100):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -151,7 +152,7 @@ def test_published_presets_keep_their_first_recipe(compose_config, preset):
     cfg = compose_config(f"experiment={preset}")
     shape, options = PUBLISHED[preset]
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.dropout, cfg.batch_size, cfg.max_steps) == shape
-    assert OmegaConf.to_container(cfg.optimizer, resolve=True) == PUBLISHED_OPTIMIZER
+    assert group_settings(OptimizerConfig, cfg.optimizer).applied() == PUBLISHED_OPTIMIZER
     model = OmegaConf.to_container(cfg.model, resolve=True)
     assert {key: model[key] for key in [*PUBLISHED_BLOCK, *options]} == PUBLISHED_BLOCK | options
     assert cfg.trainer.gradient_clip_val == 1.0

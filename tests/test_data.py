@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from charlm.blocks import RandomBlockSampler, evaluation_offsets, shortest_text, split_bounds
 from charlm.corpus import TokenCache, encode, load_corpus, resolve_path
-from charlm.data import CharDataModule, RandomBlockSampler, evaluation_offsets, shortest_text, split_bounds
+from charlm.data import CharDataModule
 from charlm.errors import CharLMError
+from charlm.run_config import DataConfig
 from charlm.vocab import Vocabulary
 
 SHAKESPEARE = resolve_path(None).read_text(encoding="utf-8")
@@ -130,7 +132,7 @@ def test_the_validation_budget_spreads_a_fixed_subset_over_the_split():
 
 
 def test_training_blocks_are_windows_of_the_train_text_with_next_character_targets():
-    dm = CharDataModule(block_size=8, batch_size=4, num_batches=3, seed=1)
+    dm = CharDataModule(DataConfig(block_size=8, batch_size=4, num_batches=3, seed=1))
     dm.setup()
     loader = dm.train_dataloader()
     train_text = SHAKESPEARE[: int(len(SHAKESPEARE) * 0.9)]
@@ -155,7 +157,7 @@ def test_training_batches_depend_only_on_seed_epoch_and_index():
 
 
 def test_validation_blocks_cover_the_split_in_order():
-    dm = CharDataModule(block_size=32, batch_size=4, eval_batch_size=100)
+    dm = CharDataModule(DataConfig(block_size=32, batch_size=4, eval_batch_size=100))
     dm.setup()
     inputs = torch.cat([x for x, _ in dm.val_dataloader()])
     targets = torch.cat([y for _, y in dm.val_dataloader()])
@@ -167,7 +169,7 @@ def test_validation_blocks_cover_the_split_in_order():
 
 def test_memory_does_not_hold_the_corpus(tmp_path):
     """The data module keeps memory maps of the cache, not copies of the text."""
-    dm = CharDataModule(block_size=8, test_fraction=0.05, cache_dir=str(tmp_path))
+    dm = CharDataModule(DataConfig(block_size=8, test_fraction=0.05, cache_dir=str(tmp_path)))
     dm.setup()
     for split in dm.splits.values():
         assert isinstance(split, np.memmap)
@@ -211,6 +213,7 @@ def test_splits_too_small_or_leaving_no_validation_text_are_refused(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("to be or not to be\n" * 20)  # 380 characters
     with pytest.raises(CharLMError, match=r"too short: 380 characters; .* needs at least 17, so the file needs"):
-        CharDataModule(path=str(path), block_size=16, test_fraction=0.02, cache_dir=str(tmp_path / "c")).setup()
-    with pytest.raises(CharLMError, match=r"must leave text for validation"):
-        CharDataModule(path=str(path), train_fraction=0.9, test_fraction=0.1)
+        settings = DataConfig(path=str(path), block_size=16, test_fraction=0.02, cache_dir=str(tmp_path / "c"))
+        CharDataModule(settings).setup()
+    with pytest.raises(CharLMError, match=r"must be below 1: validation needs the rest"):
+        DataConfig(path=str(path), train_fraction=0.9, test_fraction=0.1)

@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from conftest import CONF, TINY, run_script
+from conftest import CONF, TINY, TINY_RUN, run_script
 from hydra import compose, initialize_config_dir
 
 from charlm.errors import CharLMError
@@ -75,7 +75,7 @@ def test_a_byte_level_model_trains_fine_tunes_and_samples_utf8(train_here, tmp_p
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["best_val_loss"] < math.log(256) - 1  # it learns the bytes
     with pytest.raises(CharLMError, match=r"reads text as bytes: add data.vocab=bytes"):
-        train_here(*TINY, f"init_from={run_dir}", "max_steps=2", run_dir=tmp_path / "ft")
+        train_here(*TINY_RUN, f"init_from={run_dir}", "max_steps=2", run_dir=tmp_path / "ft")
     capsys.readouterr()
     sample(compose_named("sample", f"ckpt={run_dir}", "prompt='Ça'", "num_tokens=40", "seed=0"))
     out = capsys.readouterr().out
@@ -86,7 +86,7 @@ def test_a_fine_tuned_model_is_scored_on_the_text_it_was_tuned_on(trained_run, t
     """That text has fewer characters than the model's vocabulary: its ids are mapped into it."""
     sonnet = tmp_path / "sonnet.txt"
     sonnet.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 60)
-    best, tuned = train_here(*TINY, f"init_from={trained_run}", f"data.path={sonnet}", "max_steps=4",
+    best, tuned = train_here(*TINY_RUN, f"init_from={trained_run}", f"data.path={sonnet}", "max_steps=4",
                              "eval_interval=4")
     results = evaluate(compose_named("evaluate", f"ckpt={tuned}"))
     assert results["tokens"] == len(sonnet.read_text()) - int(len(sonnet.read_text()) * 0.9)

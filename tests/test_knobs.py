@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_script
+from conftest import TINY, TINY_CNN, TINY_RUN, run_script
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.errors import CharLMError
 from charlm.model_config import MODEL_CONFIGS, full_config
-from charlm.run_config import COPIES, RUN_FOLDER_COPIES, resolve_copies
+from charlm.run_config import COPIES, RUN_FOLDER_COPIES, prepare_run_config, resolve_copies
 
 VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners that take other than a size
 
@@ -82,6 +82,9 @@ def test_a_run_ending_between_validations_still_validates_and_checkpoints(train_
     [best_file] = (run_dir / "checkpoints").glob("best-step*.ckpt")  # ...so the best is among them
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["status"] == "finished" and summary["best_val_loss"] == best
+    # the LightningModule records the best validation in every checkpoint; the summary reads it there
+    recorded = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["best_val"]
+    assert recorded == {"loss": best, "step": summary["best_step"]} and f"best-step{recorded['step']}-" in best_file.name
 
 
 def test_a_run_stopped_by_max_time_ends_validated(train_here):
@@ -117,9 +120,26 @@ def test_lightning_max_steps_run_samples_through_the_command_line(train_here, tm
 
 
 def test_fine_tuning_reports_the_checkpoints_model_and_block_size(train_here, tmp_path):
-    _, source = train_here(*TINY, "model=cnn", "block_size=24", "max_steps=4", run_dir=tmp_path / "cnn")
-    _, tuned = train_here(*TINY, f"init_from={source}", "max_steps=6", run_dir=tmp_path / "tuned")
+    _, source = train_here(*TINY_CNN, "block_size=24", "max_steps=4", run_dir=tmp_path / "cnn")
+    _, tuned = train_here(*TINY_RUN, f"init_from={source}", "max_steps=6", run_dir=tmp_path / "tuned")
     summary = json.loads((tuned / "summary.json").read_text())
     assert summary["model"] == "cnn" and summary["tokens"] == 6 * 16 * 24
     checkpoint = torch.load(tuned / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["model"]["block_size"] == 24
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=cnn", "n_head=2"], "n_head applies to model=gpt only; this run trains model=cnn: drop n_head"),
+    (["init_from=some/run", "n_layer=3"], "n_layer does not apply with init_from: a fine-tuned run keeps its "
+                                          "checkpoint's model"),
+    (["init_from=some/run", "model.activation=gelu"], "model.activation does not apply with init_from"),
+])
+def test_knobs_that_do_not_apply_to_the_run_are_refused(compose_config, overrides, message):
+    with pytest.raises(CharLMError, match=f"^{message}"):
+        prepare_run_config(compose_config(*overrides), overrides)
+
+
+def test_a_sweep_over_models_keeps_n_head_for_the_gpt_jobs_only(compose_config):
+    overrides = ["model=cnn", "n_head=2"]  # one job of `-m model=cnn,gpt n_head=2`
+    settings = prepare_run_config(compose_config(*overrides), overrides, sweep=True)
+    assert "n_head" not in settings.model  # nor in its HParams

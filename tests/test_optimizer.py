@@ -14,12 +14,9 @@ from charlm.errors import CharLMError
 from charlm.models import build_model
 from charlm.muon import Muon, adjusted_lr, native_bfloat16, newton_schulz_dtype
 from charlm.recipe import MuonWithAdamW, make_optimizer
-from charlm.run_config import check_run_config
+from charlm.run_config import OptimizerConfig, prepare_run_config
 
-MUON = {"name": "muon", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "warmup_steps": 2,
-        "min_lr_ratio": 0.1, "decay_steps": None, "schedule": "cosine", "decay_fraction": 0.2,
-        "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0, "muon_ns_steps": 5,
-        "muon_dtype": "auto"}
+MUON = OptimizerConfig(name="muon", warmup_steps=2)
 STEADY = [*TINY, "optimizer=muon", "max_steps=40", "dropout=0.1", "eval_interval=10"]
 
 
@@ -203,13 +200,22 @@ def test_resuming_with_another_optimizer_is_one_clear_error(tmp_path):
         train_in_process(tmp_path / "adamw", *TINY, "max_steps=20", f"ckpt_path={tmp_path / 'muon'}")
 
 
-def test_a_muon_matrix_optimizer_is_refused_without_its_settings(compose_config):
-    with pytest.raises(CharLMError, match="choose the group with optimizer=muon"):
-        check_run_config(compose_config("optimizer.name=muon"))
+def test_muon_settings_are_checked_and_apply_to_muon_only(compose_config):
+    def prepare(*overrides):
+        return prepare_run_config(compose_config(*overrides), overrides)
+
     with pytest.raises(CharLMError, match=r"^optimizer.muon_lr must be a finite number > 0, got 0"):
-        check_run_config(compose_config("optimizer=muon", "optimizer.muon_lr=0"))
+        prepare("optimizer=muon", "optimizer.muon_lr=0")
     with pytest.raises(CharLMError, match=r"^optimizer.muon_momentum must be a finite number in \[0, 1\), got 1"):
-        check_run_config(compose_config("optimizer=muon", "optimizer.muon_momentum=1"))
+        prepare("optimizer=muon", "optimizer.muon_momentum=1")
+    with pytest.raises(CharLMError, match=r"^optimizer.muon_lr applies to optimizer=muon only; this run uses "
+                                          r"optimizer=adamw: add optimizer=muon, or drop it"):
+        prepare("optimizer.muon_lr=0.02")
+    # A preset's Muon settings under optimizer=adamw are left out: the run's settings (and HParams) hold
+    # only what applies.
+    applied = prepare("experiment=gpt_10.7m", "optimizer=adamw").optimizer.applied()
+    assert applied["name"] == "adamw" and not any(key.startswith("muon_") for key in applied)
+    assert prepare("experiment=gpt_10.7m").optimizer.applied()["muon_lr"] == 0.02
 
 
 def test_old_cnn_checkpoints_with_3d_kernels_still_load():

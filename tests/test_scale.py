@@ -9,11 +9,12 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_script, train_in_process
+from conftest import ROOT, TINY, TINY_CNN, run_script, train_in_process
 
 from charlm.checkpoint import model_state
 
-RUN = [*TINY, "max_steps=30", "eval_interval=15"]
+STEPS = ["max_steps=30", "eval_interval=15"]
+RUN = [*TINY, *STEPS]
 # Two CPU processes, each with half of a global batch of 16, under each way of starting them.
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "batch_size=8",
        "threads=1"]
@@ -112,9 +113,11 @@ def test_slurm_tasks_run_ddp_that_matches_one_process(tmp_path, one_process):
 
 @pytest.mark.parametrize(("model", "optimizer"), [("gpt", "adamw"), ("cnn", "adamw"), ("gpt", "muon"), ("cnn", "muon")])
 def test_bf16_mixed_precision_trains_both_models(tmp_path, model, optimizer):
-    fast = [f"model={model}", f"optimizer={optimizer}", "optimizer.warmup_steps=3", "lr=3e-3"]
-    fp32, _ = train_here(tmp_path, "fp32", *fast)
-    bf16, weights = train_here(tmp_path, "bf16", *fast, "trainer.precision=bf16-mixed")
+    fast = [f"optimizer={optimizer}", "optimizer.warmup_steps=3", "lr=3e-3"]
+    run = [*(TINY_CNN if model == "cnn" else TINY), *STEPS, *fast]  # TINY_CNN: without n_head, which the CNN refuses
+    train_in_process(tmp_path / "fp32", *run)
+    train_in_process(tmp_path / "bf16", *run, "trainer.precision=bf16-mixed")
+    (fp32, _), (bf16, weights) = read_run(tmp_path / "fp32"), read_run(tmp_path / "bf16")
     assert bf16["steps"] == 30
     assert bf16["best_val_loss"] < math.log(65) - 0.5  # it learns
     assert bf16["best_val_loss"] == pytest.approx(fp32["best_val_loss"], abs=0.05)  # about as well as fp32
@@ -152,6 +155,7 @@ def test_gradient_clipping_works_with_the_fused_adamw_used_on_gpus(precision, fu
     from charlm.data import CharDataModule
     from charlm.lightning_module import LanguageModel
     from charlm.recipe import make_optimizer
+    from charlm.run_config import DataConfig
 
     clip, norms = 1e-3, []
 
@@ -167,12 +171,10 @@ def test_gradient_clipping_works_with_the_fused_adamw_used_on_gpus(precision, fu
             optimizer.register_step_post_hook(record_norm)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    data = CharDataModule(path="tinyshakespeare", block_size=16, batch_size=8, num_batches=6)
+    data = CharDataModule(DataConfig(block_size=16, batch_size=8, num_batches=6))
     data.setup("fit")
     module = FusedAdamW({"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}, data.vocab.chars,
-                        {"name": name, "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "warmup_steps": 1,
-                         "min_lr_ratio": 1, "muon_lr": 0.01, "muon_momentum": 0.95, "muon_weight_decay": 0.0,
-                         "muon_ns_steps": 5, "muon_dtype": "auto"})
+                        {"name": name, "warmup_steps": 1, "min_lr_ratio": 1})
     before = [p.detach().clone() for p in module.parameters()]
     # Lightning maps precision="16-mixed" to bf16 on CPU; the plugin keeps float16 and its GradScaler.
     precision = {"precision": precision} if precision != "16-mixed" else {

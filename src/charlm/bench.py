@@ -38,7 +38,8 @@ from charlm.bench_data import bench_data
 from charlm.bench_optimizer import optimizer_case
 from charlm.bench_speedrun import NANOGPT_ARGS, THRESHOLDS, bench_speedrun
 from charlm.checkpoint import numpy_weights
-from charlm.cli import one_line, register_resolvers, run_cli
+from charlm.cli import one_line, prepare_hydra, run_cli
+from charlm.data import CharDataModule
 from charlm.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
 from charlm.errors import CharLMError
 from charlm.generation import generate
@@ -46,7 +47,7 @@ from charlm.lightning_module import LanguageModel
 from charlm.models import GPT, build_model, count_parameters
 from charlm.numpy_gpt import NumpyGPT
 from charlm.recipe import make_optimizer, next_token_loss
-from charlm.run_config import prepare_run_config
+from charlm.run_config import DataConfig, OptimizerConfig, group_settings, prepare_run_config
 from charlm.torch_runner import TorchRunner
 from charlm.trainer import build_trainer
 
@@ -65,7 +66,7 @@ CONF = Path(str(resources.files("charlm") / "conf"))  # the installed package's 
 
 def preset_config(name: str, *overrides: str):
     """Compose the training config of an experiment preset, as `train.py experiment=NAME` would."""
-    register_resolvers()
+    prepare_hydra()
     if not (CONF / "experiment" / f"{name}.yaml").is_file():
         known = ", ".join(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
         raise CharLMError(f"unknown preset {name!r}; presets: {known}")
@@ -152,10 +153,10 @@ def maybe_compile(cfg, model: torch.nn.Module) -> None:
 def lightning_steps(cfg, steps: int) -> list[float]:
     """Step times of the real Lightning loop: the run's own trainer, logger and callbacks
     (progress bar, LR monitor, model summary), without validation and checkpoints."""
-    datamodule = instantiate(cfg.data)
+    datamodule = CharDataModule(group_settings(DataConfig, cfg.data))
     datamodule.setup("fit")
     module = LanguageModel(OmegaConf.to_container(cfg.model, resolve=True), datamodule.vocab.chars,
-                           OmegaConf.to_container(cfg.optimizer, resolve=True))
+                           group_settings(OptimizerConfig, cfg.optimizer).applied())
     maybe_compile(cfg, module.model)
     timer = StepTimer()
     skip = {"checkpoint", "last_checkpoint", "text_sample", "early_stopping"}  # no validation in these timings
@@ -171,13 +172,13 @@ def lightning_steps(cfg, steps: int) -> list[float]:
 def bare_steps(cfg, steps: int) -> list[float]:
     """Step times of a plain PyTorch loop doing the same work: same data loader, model, AdamW,
     schedule, gradient clipping and mixed precision; no Lightning."""
-    datamodule = instantiate(cfg.data)
+    datamodule = CharDataModule(group_settings(DataConfig, cfg.data))
     datamodule.setup("fit")
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=len(datamodule.vocab))
     device = training_device(cfg)
     model.to(device).train()
     maybe_compile(cfg, model)
-    optimizer, scheduler = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True), cfg.max_steps,
+    optimizer, scheduler = make_optimizer(model, group_settings(OptimizerConfig, cfg.optimizer), cfg.max_steps,
                                           fused=device == "cuda")
     clip = cfg.trainer.gradient_clip_val
     scaler = torch.amp.GradScaler(device, enabled=str(cfg.trainer.precision) == "16-mixed")  # as Lightning's 16-mixed

@@ -20,6 +20,7 @@ from charlm.corpus import load_corpus, resolve_path
 from charlm.data import CharDataModule
 from charlm.models import build_model
 from charlm.recipe import make_optimizer, next_token_loss
+from charlm.run_config import DataConfig, OptimizerConfig
 
 # Mixed in so the corpus is real UTF-8, not ASCII: the general (code point) path is the one timed.
 NON_ASCII_LINE = "Ça va, Grüße, 你好, привет 🌹\n".encode()
@@ -83,7 +84,7 @@ def train_run(data_path: str, cache_dir: str, run_dir: str) -> tuple[float, floa
 def step_times(steps: int, rounds: int) -> tuple[float, float]:
     """Median bare training step (0.2M GPT, Tiny Shakespeare) with tokens memory-mapped and in memory,
     in alternating rounds."""
-    datamodule = CharDataModule(block_size=32, batch_size=16, num_batches=steps)
+    datamodule = CharDataModule(DataConfig(block_size=32, batch_size=16, num_batches=steps))
     datamodule.setup()
     mapped = datamodule.splits["train"]
     times = {"memory-mapped": [], "in memory": []}
@@ -93,8 +94,7 @@ def step_times(steps: int, rounds: int) -> tuple[float, float]:
             torch.manual_seed(0)
             model = build_model({"name": "gpt", "n_layer": 2, "n_head": 5, "n_embd": 90, "block_size": 32,
                                  "pos_encoding": "rope"}, len(datamodule.vocab))
-            optimizer, scheduler = make_optimizer(model, {"lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1,
-                                                          "warmup_steps": 10, "min_lr_ratio": 0.1}, steps)
+            optimizer, scheduler = make_optimizer(model, OptimizerConfig(warmup_steps=10), steps)
             last = time.perf_counter()
             for step, batch in enumerate(datamodule.train_dataloader()):
                 loss = next_token_loss(model, batch)

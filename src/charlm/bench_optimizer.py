@@ -6,6 +6,7 @@ load hits all of them alike; each figure is a median."""
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from omegaconf import OmegaConf
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from charlm.models import build_model, count_parameters
 from charlm.muon import Muon, newton_schulz_dtype
 from charlm.recipe import make_optimizer, muon_matrices, next_token_loss
+from charlm.run_config import OptimizerConfig, group_settings
 
 VOCAB_SIZE = 65
 
@@ -30,10 +32,10 @@ def median_ms(function, repeats: int, budget_s: float) -> list[float]:
 
 def optimizer_case(cfg, case: str, repeats: int, rounds: int) -> dict:
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=VOCAB_SIZE)
-    settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    adamw, _ = make_optimizer(model, {**settings, "name": "adamw"}, cfg.max_steps)
+    settings = group_settings(OptimizerConfig, cfg.optimizer)
+    adamw, _ = make_optimizer(model, replace(settings, name="adamw"), cfg.max_steps)
     matrices = muon_matrices(model)
-    muon = {"lr": settings.get("muon_lr", 0.01), "momentum": settings.get("muon_momentum", 0.95)}
+    muon = {"lr": settings.muon_lr, "momentum": settings.muon_momentum}
     parts = {
         "adamw": adamw.step,
         "float32": Muon(matrices, ns_dtype="float32", **muon).step,

@@ -17,6 +17,10 @@ from charlm.model_config import full_config
 from charlm.models import build_model
 from charlm.vocab import Vocabulary
 
+# Keys the LightningModule adds to training checkpoints:
+TOKENS_KEY = "tokens_trained"  # training tokens so far, over every resume and batch size
+BEST_KEY = "best_val"  # {"loss": the lowest val/loss so far, "step": its global step}, or None before any
+
 
 def newest_run(runs_dir: Path, holding: str = "checkpoints") -> Path:
     """The most recently changed run folder under `runs_dir` (<paths.root>/runs) that holds `holding`."""

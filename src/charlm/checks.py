@@ -1,11 +1,16 @@
 """Value checks for every entry point's settings: each failure is one CharLMError naming the setting.
 
-Torch-free: configs are checked before anything heavy is imported or allocated.
+`knob` declares a setting of a config schema (a dataclass) with its default, one-line doc and range;
+`check_knobs` checks a schema object against them. Torch-free: configs are checked before anything
+heavy is imported or allocated.
 """
 
 import math
 import os
 import re
+import types
+import typing
+from dataclasses import field, fields
 
 from charlm.errors import CharLMError
 
@@ -86,3 +91,50 @@ def wall_clock(name: str, value) -> None:
     """null or DD:HH:MM:SS, as Lightning's max_time takes it."""
     if value is not None and not (isinstance(value, str) and WALL_CLOCK.match(value)):
         raise CharLMError(f"{name} must be DD:HH:MM:SS (e.g. 00:01:30:00) or null, got {value!r}")
+
+
+def knob(default=None, doc: str = "", *, factory=None, **rule):
+    """A schema field: its default (or `factory` for a list), a one-line doc and its range rule: `low`,
+    `high`, `low_open`, `high_open`, `choices`, or `check` (a function of name and value)."""
+    metadata = {"doc": doc, **rule}
+    return field(default_factory=factory, metadata=metadata) if factory else field(default=default, metadata=metadata)
+
+
+def kind_of(annotation) -> tuple[type, bool]:
+    """(the type, whether None is allowed) of a field annotated `T` or `T | None`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return typing.get_origin(annotation) or annotation, False
+
+
+def check_knobs(settings, prefix: str = "") -> None:
+    """Check each knob of a schema object against its type and rule (one CharLMError naming the first
+    bad one, as `prefix + name`); an integer given for a float becomes that float."""
+    for spec in fields(settings):
+        rule, name, value = spec.metadata, prefix + spec.name, getattr(settings, spec.name)
+        kind, nullable = kind_of(spec.type)
+        if kind is float and is_int(value):
+            value = float(value)
+            object.__setattr__(settings, spec.name, value)
+        if "check" in rule:
+            rule["check"](name, value)
+        elif "choices" in rule:
+            choice(name, value, rule["choices"])
+        elif kind is bool:
+            boolean(name, value)
+        elif kind is int:
+            integer(name, value, rule.get("low", 1), rule.get("high"), nullable)
+        elif kind is float:
+            number(name, value, rule.get("low", 0), rule.get("high"), rule.get("low_open", False),
+                   rule.get("high_open", False), nullable)
+        elif kind is str:
+            text(name, value, nullable)
+
+
+def pair(name: str, value) -> None:
+    """Two numbers in [0, 1), as Adam's betas."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+        raise CharLMError(f"{name} must be two numbers in [0, 1), got {value!r}")
+    for i, beta in enumerate(value):
+        number(f"{name}[{i}]", beta, 0, 1, high_open=True)

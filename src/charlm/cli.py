@@ -4,19 +4,26 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from charlm.atomic import ensure_writable
 from charlm.errors import CharLMError, Interrupted, log
+from charlm.model_config import MODEL_CONFIGS
+from charlm.run_config import knob_help, register_schemas
 
 
-def register_resolvers() -> None:
+def prepare_hydra() -> None:
+    """The resolvers the configs use and the schemas they are presets over."""
+    register_schemas()
+    OmegaConf.register_new_resolver("knob_help", knob_help, replace=True)
     OmegaConf.register_new_resolver("min", min, replace=True)
     # cached: Hydra resolves the run folder more than once, and each time must name the same folder
     OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)
@@ -87,6 +94,43 @@ def run_cli(task: Callable, *args):
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
+
+
+def config_error(err: BaseException) -> str:
+    """An error in composing the config (an unknown key, a value of the wrong type, a bad override), as
+    one line naming the key."""
+    if isinstance(err, MissingConfigException) and err.options is not None:  # group=option with no such option
+        options = [o for o in err.options if not o.endswith("schema")]
+        return f"{str(err).splitlines()[0]}; choose one of: {', '.join(options)}"
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+        group, _, leaf = key.partition(".")
+        owners = [f"model={family}" for family, settings in MODEL_CONFIGS.items()
+                  if group == "model" and leaf in {spec.name for spec in fields(settings)}]
+        if owners:
+            return f"{key} applies to {' and '.join(owners)}, not to this run's model"
+        return f"{key} is not a setting (--help lists them; +{key}=VALUE adds a new key)"
+    detail = str(getattr(cause, "msg", "")).splitlines()[:1] if cause is not err else []
+    return ": ".join([one_line(err), *detail])
+
+
+def hydra_main(main: Callable) -> None:
+    """Run a Hydra main with its errors in composing the config as one line and exit status 2 (Hydra
+    prints them over several lines with status 1). A job's own errors were printed by run_cli."""
+    traceback_wanted = bool(os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("CHARLM_DEBUG"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if traceback_wanted:
+            raise
+        print(f"error: {config_error(err)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except Exception as err:
+        if traceback_wanted or user_error(err) is None:
+            raise
+        sys.exit(2)  # a sweep's job failed; run_cli has printed its line
 
 
 def check_writable(folder: str) -> None:

@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from charlm.cli import register_resolvers, run_cli
+from charlm.cli import hydra_main, prepare_hydra, run_cli
 from charlm.prompts import take_prompt_arguments
 
 CONFIG = "pkg://charlm.conf"
@@ -36,17 +36,17 @@ def run_evaluate(cfg: DictConfig) -> None:
 
 
 def train_main() -> None:
-    register_resolvers()
-    run_train()
+    prepare_hydra()
+    hydra_main(run_train)
 
 
 def sample_main() -> None:
     run_cli(take_prompt_arguments)  # prompts as the shell passed them, before Hydra's grammar sees them
-    run_sample()
+    hydra_main(run_sample)
 
 
 def evaluate_main() -> None:
-    run_evaluate()
+    hydra_main(run_evaluate)
 
 
 MAINS = {"train": train_main, "sample": sample_main, "evaluate": evaluate_main}

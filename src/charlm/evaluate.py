@@ -19,16 +19,13 @@ from torch import nn
 from tqdm import tqdm
 
 from charlm import checks
+from charlm.blocks import RECORDED, SPLITS, BlockDataset, evaluation_offsets, split_bounds
 from charlm.checkpoint import find_checkpoint, load_model, newest_run
 from charlm.corpus import ids_in, load_corpus, resolve_path
-from charlm.data import SPLITS, BlockDataset, evaluation_offsets, split_bounds
 from charlm.errors import CharLMError
+from charlm.run_config import DataConfig
 from charlm.torch_runner import check_device
 from charlm.vocab import MODES
-
-# What a run's data settings were, when its checkpoint does not say (exports, older checkpoints).
-DATA_DEFAULTS = {"path": "tinyshakespeare", "vocab": "chars", "train_fraction": 0.9, "test_fraction": 0.0,
-                 "cache_dir": None}
 
 
 def windows(length: int, block_size: int, stride: int | None) -> list[tuple[int, int]]:
@@ -73,9 +70,10 @@ def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None
 def data_settings(recorded: dict | None, overrides: dict) -> dict:
     """The data a run was trained on, as its checkpoint recorded it, with the caller's changes (None:
     keep the recorded value)."""
-    settings = dict(DATA_DEFAULTS)
+    defaults = DataConfig()  # what a run's data settings were where its checkpoint does not say (exports)
+    settings = {key: getattr(defaults, key) for key in RECORDED}
     if recorded:
-        settings |= {key: recorded[key] for key in DATA_DEFAULTS if key in recorded}
+        settings |= {key: recorded[key] for key in RECORDED if key in recorded}
     settings |= {key: value for key, value in overrides.items() if value is not None}
     return settings
 

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from charlm.checkpoint import BEST_KEY, TOKENS_KEY
 from charlm.errors import CharLMError
 from charlm.internals import set_plain_attribute
 from charlm.models import build_model
 from charlm.recipe import make_optimizer, next_token_loss
+from charlm.run_config import OptimizerConfig
 from charlm.vocab import Vocabulary
-
-TOKENS_KEY = "tokens_trained"  # in checkpoints: training tokens so far, over every resume and batch size
 
 
 class LanguageModel(L.LightningModule):
@@ -28,12 +28,11 @@ class LanguageModel(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.model = build_model(model, vocab_size=len(vocab))
         self.vocab = Vocabulary(vocab, vocab_mode)
-        self.optim = dict(optimizer)
-        if self.optim["lr"] <= 0:
-            raise CharLMError(f"lr must be positive, got {self.optim['lr']}")
+        self.optim = OptimizerConfig(**optimizer)  # defaults fill what older checkpoints did not record
         # Token-weighted mean over the whole validation set, summed across processes under DDP.
         self.val_loss = MeanMetric()
         self.tokens_trained = 0  # counted per batch: a resumed run may use another batch size
+        self.best_val: dict | None = None
         self.processes = 1
 
     def __setattr__(self, name, value):
@@ -69,6 +68,8 @@ class LanguageModel(L.LightningModule):
         self.val_loss.reset()
         if not torch.isfinite(loss) and not self.trainer.sanity_checking:  # before checkpoints are saved
             self.stop_non_finite("validation", loss, self.trainer.global_step)
+        if not self.trainer.sanity_checking and (self.best_val is None or loss.item() < self.best_val["loss"]):
+            self.best_val = {"loss": loss.item(), "step": self.trainer.global_step}
         # Already the global mean; sync_dist only averages identical values (and keeps Lightning quiet).
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/bpc", loss / math.log(2), sync_dist=True)
@@ -83,6 +84,7 @@ class LanguageModel(L.LightningModule):
     # Random states travel with checkpoints, so a resumed run draws the same dropout masks.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TOKENS_KEY] = self.tokens_trained
+        checkpoint[BEST_KEY] = self.best_val
         # Plain types and tensors only, so checkpoints still load with torch.load(weights_only=True).
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -92,6 +94,7 @@ class LanguageModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_trained = checkpoint.get(TOKENS_KEY)
+        self.best_val = checkpoint.get(BEST_KEY)
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])

@@ -1,55 +1,43 @@
-"""Each model family's settings as a dataclass: the one source of their defaults and checks.
+"""Each model family's settings as a dataclass: the one place that gives each model knob its type,
+default, doc and range (charlm.checks.knob).
 
 Torch-free, so the NumPy engine and config checks read the same definitions as the torch models.
-conf/model/*.yaml list the same fields with the same defaults (a test holds them equal); the sizes
-there link to the top-level knobs (n_layer, n_embd, block_size, dropout).
+They are also the model group's schema in Hydra's ConfigStore (charlm.run_config): conf/model/*.yaml
+are presets over them that link the sizes to the top-level knobs (n_layer, n_embd, block_size, dropout).
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from charlm.checks import check_knobs, knob
 from charlm.errors import CharLMError
 
-GPT_ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
-GPT_POS_ENCODINGS = ("learned", "sinusoidal", "rope")
-
-
-def check_fields(config, model_name: str, may_be_zero: tuple[str, ...] = ()) -> None:
-    """Type-check every field, require positive integer sizes (or 0 where allowed) and dropout in [0, 1)."""
-    for field in fields(config):
-        value = getattr(config, field.name)
-        expected = field.type
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-            setattr(config, field.name, value)
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if not ok:
-            raise ValueError(f"{model_name} option {field.name} must be {expected.__name__}, got {value!r}")
-        if expected is int and value < (0 if field.name in may_be_zero else 1):
-            raise ValueError(f"{model_name} option {field.name} must be a positive integer, got {value}")
-    dropout = getattr(config, "dropout", 0.0)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+DROPOUT = {"low": 0, "high": 1, "high_open": True}
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65
-    block_size: int = 32  # longest context the position table covers
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 64
-    dropout: float = 0.0
-    activation: str = "relu"  # "relu", "gelu", "relu2" (ReLU squared) or "swiglu" (gated, 2/3 width)
-    bias: bool = True  # biases in linear layers and LayerNorms
-    qkv_bias: bool = False  # bias on the query/key/value projection
-    tie_weights: bool = False  # share the token embedding with the output projection
-    pos_encoding: str = "learned"  # "learned" table, fixed "sinusoidal" encoding, or "rope" (rotary, in attention)
-    init: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections; "xavier": Glorot uniform
-    norm: str = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (the original transformer)
-    norm_type: str = "layernorm"  # "layernorm" or "rmsnorm" (scale only, no mean subtracted)
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
-    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap); 0: off
-    zero_init_proj: bool = False  # start the residual projections (attention and MLP outputs) at zero
+    vocab_size: int = knob(65, "symbols in the vocabulary (set from the data, not a knob)")
+    block_size: int = knob(32, "longest context the position table covers")
+    n_layer: int = knob(4, "transformer blocks")
+    n_head: int = knob(4, "attention heads per block (n_embd must divide by it)")
+    n_embd: int = knob(64, "width of the residual stream")
+    dropout: float = knob(0.0, "dropout on embeddings, attention and block outputs", **DROPOUT)
+    activation: str = knob("relu", "relu | gelu | relu2 (ReLU squared) | swiglu (gated, 8/3 x n_embd wide)",
+                           choices=("gelu", "relu", "relu2", "swiglu"))
+    bias: bool = knob(True, "biases in linear layers and LayerNorms")
+    qkv_bias: bool = knob(False, "bias on the query/key/value projection")
+    tie_weights: bool = knob(False, "share the token embedding with the output projection")
+    pos_encoding: str = knob("learned", "learned table | sinusoidal (fixed) | rope (rotary, in attention)",
+                             choices=("learned", "sinusoidal", "rope"))
+    init: str = knob("gpt2", "gpt2: normal(0.02), scaled residual projections | xavier: Glorot uniform",
+                     choices=("gpt2", "xavier"))
+    norm: str = knob("pre", "pre: x + f(ln(x)) (GPT-2) | post: ln(x + f(x)) (the original transformer)",
+                     choices=("pre", "post"))
+    norm_type: str = knob("layernorm", "layernorm | rmsnorm (scale only, no mean subtracted)",
+                          choices=("layernorm", "rmsnorm"))
+    qk_norm: bool = knob(False, "RMS-normalise each head's queries and keys before attention")
+    logit_softcap: float = knob(0.0, "> 0: logits = cap * tanh(logits / cap); 0: off", low=0)
+    zero_init_proj: bool = knob(False, "start the residual projections (attention and MLP outputs) at zero")
 
     @property
     def mlp_width(self) -> int:
@@ -58,34 +46,26 @@ class GPTConfig:
         return round(8 * self.n_embd / 3) if self.activation == "swiglu" else 4 * self.n_embd
 
     def __post_init__(self):
-        check_fields(self, "GPT")
+        check_knobs(self)
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise CharLMError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"pos_encoding=rope needs an even head size, got {self.n_embd // self.n_head}")
-        if self.logit_softcap < 0:
-            raise ValueError(f"logit_softcap must be 0 (off) or positive, got {self.logit_softcap}")
-        for name, allowed in [("activation", GPT_ACTIVATIONS), ("pos_encoding", GPT_POS_ENCODINGS),
-                              ("init", ("gpt2", "xavier")), ("norm", ("pre", "post")),
-                              ("norm_type", ("layernorm", "rmsnorm"))]:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
+            raise CharLMError(f"pos_encoding=rope needs an even head size, got {self.n_embd // self.n_head}")
 
 
 @dataclass
 class CNNConfig:
-    vocab_size: int = 65
-    block_size: int = 32  # longest context the position table covers
-    n_layer: int = 4
-    n_embd: int = 64  # channels of the embeddings and of every block (the residual adds them)
-    kernel_size: int = 3
-    dilation_cycle: int = 4  # k > 0: dilations 1, 2, ..., 2^(k-1), then again; 0: 1, 2, 4, ... per layer
-    dropout: float = 0.0
+    vocab_size: int = knob(65, "symbols in the vocabulary (set from the data, not a knob)")
+    block_size: int = knob(32, "longest context the position table covers")
+    n_layer: int = knob(4, "convolution blocks")
+    n_embd: int = knob(64, "channels of the embeddings and of every block (the residual adds them)")
+    kernel_size: int = knob(3, "taps of each dilated convolution", low=2)
+    dilation_cycle: int = knob(4, "k > 0: dilations 1, 2, ..., 2^(k-1), then again | 0: 1, 2, 4, ... per layer",
+                               low=0)
+    dropout: float = knob(0.0, "dropout on embeddings and block outputs", **DROPOUT)
 
     def __post_init__(self):
-        check_fields(self, "CNN", may_be_zero=("dilation_cycle",))
-        if self.kernel_size < 2:
-            raise ValueError(f"kernel_size must be at least 2, got {self.kernel_size}")
+        check_knobs(self)
 
     @property
     def dilations(self) -> list[int]:
@@ -111,7 +91,7 @@ def current_names(name: str, options: dict) -> dict:
     hidden = options.get("hidden_dim")
     options = {CNN_OLD_NAMES.get(k, k): v for k, v in options.items() if k != "hidden_dim"}
     if hidden is not None and hidden != options.get("n_embd"):
-        raise ValueError(f"hidden_dim ({hidden}) must equal n_embd ({options.get('n_embd')})")
+        raise CharLMError(f"hidden_dim ({hidden}) must equal n_embd ({options.get('n_embd')})")
     return options
 
 
@@ -123,7 +103,7 @@ def model_settings(config: dict, vocab_size: int = 65):
         raise CharLMError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_CONFIGS)}")
     try:
         return MODEL_CONFIGS[name](vocab_size=vocab_size, **current_names(name, options))
-    except (TypeError, ValueError) as err:  # an option the model does not take, or a bad value
+    except (TypeError, CharLMError) as err:  # an option the model does not take, or a bad value
         raise CharLMError(f"model {name}: {err}") from None
 
 

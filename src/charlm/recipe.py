@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.muon import Muon
+from charlm.run_config import OptimizerConfig
 
 
 def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -86,30 +87,27 @@ def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.blocks.parameters() if p.requires_grad and p.dim() == 2]
 
 
-def make_optimizer(model: nn.Module, optim: dict, max_steps: int, fused: bool = False):
+def make_optimizer(model: nn.Module, optim: OptimizerConfig, max_steps: int, fused: bool = False):
     """The optimizer and its learning-rate schedule (warm-up + cosine, or warm-up-stable-decay), stepped
     per optimizer step. `adamw`: AdamW with weight decay on matrices only (linear, conv and embedding
     weights). `muon`: Muon (at `muon_lr`) for the blocks' matrices, AdamW (at `lr`) for the rest; one
     schedule scales both."""
-    muon = muon_matrices(model) if optim.get("name", "adamw") == "muon" else []
+    muon = muon_matrices(model) if optim.name == "muon" else []
     taken = {id(p) for p in muon}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},  # biases, norm gains
     ]
     # fused on CUDA; elsewhere foreach: one kernel per group, not per tensor (docs/performance.md).
-    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused,
-                                  foreach=not fused)
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), fused=fused, foreach=not fused)
     if muon:
-        optimizer = MuonWithAdamW(Muon(muon, lr=optim["muon_lr"], momentum=optim["muon_momentum"],
-                                       weight_decay=optim["muon_weight_decay"], ns_steps=optim["muon_ns_steps"],
-                                       ns_dtype=optim["muon_dtype"]), optimizer)
-    decay_steps = optim.get("decay_steps") or max_steps
-    warmup, floor = optim["warmup_steps"], optim["min_lr_ratio"]
-    if optim.get("schedule", "cosine") == "wsd":
-        fraction = optim.get("decay_fraction", 0.2)
-        multiplier = lambda step: warmup_stable_decay(step, warmup, decay_steps, floor, fraction)  # noqa: E731
+        optimizer = MuonWithAdamW(Muon(muon, lr=optim.muon_lr, momentum=optim.muon_momentum,
+                                       weight_decay=optim.muon_weight_decay, ns_steps=optim.muon_ns_steps,
+                                       ns_dtype=optim.muon_dtype), optimizer)
+    decay_steps, warmup, floor = optim.decay_steps or max_steps, optim.warmup_steps, optim.min_lr_ratio
+    if optim.schedule == "wsd":
+        multiplier = lambda step: warmup_stable_decay(step, warmup, decay_steps, floor, optim.decay_fraction)  # noqa: E731
     else:
         multiplier = lambda step: warmup_cosine(step, warmup, decay_steps, floor)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

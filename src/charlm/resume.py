@@ -2,9 +2,7 @@
 
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from charlm.checkpoint import LoadedModel, find_checkpoint, load_model, newest_run, read_checkpoint
+from charlm.checkpoint import BEST_KEY, LoadedModel, find_checkpoint, load_model, newest_run, read_checkpoint
 from charlm.console import say
 from charlm.errors import CharLMError
 from charlm.model_config import full_config
@@ -31,12 +29,8 @@ def requeue_checkpoint(run_dir: Path) -> Path | None:
 
 
 def best_score(checkpoint: dict) -> float | None:
-    """The best val/loss the run had reached when this checkpoint was saved."""
-    for key, state in checkpoint.get("callbacks", {}).items():
-        score = state.get("best_model_score")
-        if key.startswith("ModelCheckpoint") and "'monitor': 'val/loss'" in key and score is not None:
-            return float(score)
-    return None
+    """The best val/loss the run had reached when this checkpoint was saved (None: not recorded)."""
+    return (checkpoint.get(BEST_KEY) or {}).get("loss")
 
 
 def read_resume_checkpoint(file: Path) -> dict:
@@ -80,21 +74,20 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
     return file, checkpoint
 
 
-def fine_tune_source(cfg: DictConfig) -> tuple[LoadedModel, dict]:
-    """The checkpoint to fine-tune from, and the model config to train: the checkpoint's, with the
-    current dropout. Its vocabulary is kept, so text with other characters is rejected. The run's
-    block_size becomes the checkpoint's, so the data, compile and the summary all use it."""
-    if cfg.ckpt_path is not None:
+def fine_tune_source(knobs, vocab_mode: str) -> tuple[LoadedModel, dict]:
+    """The checkpoint to fine-tune from (`knobs.init_from`), and the model config to train: the
+    checkpoint's, with this run's dropout. Its vocabulary and block size are kept, so text with other
+    characters is rejected."""
+    if knobs.ckpt_path is not None:
         raise CharLMError("give init_from (start a new run from trained weights) or ckpt_path (resume a run), not both")
-    init = load_model(cfg.init_from)
+    init = load_model(knobs.init_from)
     if init.quantization is not None:
         raise CharLMError(f"cannot fine-tune a quantized checkpoint: {init.path}; use the float checkpoint")
-    if init.vocab.mode != cfg.data.vocab:
+    if init.vocab.mode != vocab_mode:
         raise CharLMError(f"{init.path} reads text as {init.vocab.mode}: add data.vocab={init.vocab.mode}")
     config = dict(init.model_config)
     if "dropout" in config:
-        config["dropout"] = cfg.dropout
-    cfg.block_size = init.model.block_size
-    say(f"fine-tuning {init.path}: its model ({config['name']}, block_size {cfg.block_size}) and vocabulary "
-        f"({init.vocab.describe()}); size knobs on the command line are ignored")
+        config["dropout"] = knobs.dropout
+    say(f"fine-tuning {init.path}: its model ({config['name']}, block_size {init.model.block_size}) and vocabulary "
+        f"({init.vocab.describe()})")
     return init, config
