@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from charlm.cli import prepare_hydra
+from charlm.core.cli import prepare_hydra
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "charlm" / "conf"
@@ -58,7 +58,7 @@ def train_in_process(run_dir: Path, *overrides: str) -> float:
     Lightning start-up per run; the process's thread count and Hydra state are left as they were."""
     import torch
 
-    from charlm.train import train
+    from charlm.training.train import train
 
     threads = torch.get_num_threads()
     try:

@@ -11,7 +11,7 @@ import torch
 
 
 def test_generation_benchmark_writes_markdown_and_json(tmp_path):
-    cmd = [sys.executable, "-m", "charlm.bench", "generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy",
+    cmd = [sys.executable, "-m", "charlm", "bench", "generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy",
            "--compile", "--tokens", "40", "--batch", "1", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -27,7 +27,7 @@ def test_generation_benchmark_writes_markdown_and_json(tmp_path):
 
 
 def test_unknown_preset_is_one_clear_error(tmp_path):
-    cmd = [sys.executable, "-m", "charlm.bench", "generation", "--presets", "gpt_9m", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "charlm", "bench", "generation", "--presets", "gpt_9m", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "unknown preset 'gpt_9m'; presets: cnn_0.2m" in result.stderr and "Traceback" not in result.stderr
@@ -35,7 +35,7 @@ def test_unknown_preset_is_one_clear_error(tmp_path):
 
 def test_training_benchmark_times_both_loops(tmp_path):
     case = "gpt_0.2m n_layer=1 n_embd=16 n_head=2"
-    cmd = [sys.executable, "-m", "charlm.bench", "training", "--steps", "20", "--rounds", "1", "--case", case,
+    cmd = [sys.executable, "-m", "charlm", "bench", "training", "--steps", "20", "--rounds", "1", "--case", case,
            "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -50,7 +50,7 @@ def test_training_benchmark_times_both_loops(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asking_for_a_gpu_without_one_is_one_clear_error(tmp_path):
-    cmd = [sys.executable, "-m", "charlm.bench", "generation", "--device", "cuda", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "charlm", "bench", "generation", "--device", "cuda", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "--device cuda: this machine has no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
@@ -82,7 +82,7 @@ def pool_workers(parent: int) -> list[int]:
 def test_killing_the_training_benchmark_also_stops_its_worker(tmp_path):
     """Each case runs in a worker process. Killing the command must not leave it running: it would
     keep both cores busy and skew whatever is measured next."""
-    cmd = [sys.executable, "-m", "charlm.bench", "training", "--steps", "100000", "--rounds", "1",
+    cmd = [sys.executable, "-m", "charlm", "bench", "training", "--steps", "100000", "--rounds", "1",
            "--case", "gpt_0.2m n_layer=1 n_embd=16 n_head=2", "--out", str(tmp_path)]
     bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -105,7 +105,7 @@ def test_the_validation_clock_records_every_validation(tmp_path):
 
     clock = tmp_path / "clock.jsonl"
     best = train_in_process(tmp_path / "run", *TINY, "max_steps=30", "eval_interval=10",
-                            "+callbacks.clock._target_=charlm.bench_speedrun.ValidationClock",
+                            "+callbacks.clock._target_=charlm.tools.bench_speedrun.ValidationClock",
                             f"+callbacks.clock.path={clock}")
     records = [json.loads(line) for line in clock.read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30]
@@ -134,7 +134,7 @@ def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
         "open('train.bin', 'wb').close(); open('meta.pkl', 'wb').close()")
     case = ("gpt_0.2m n_layer=1 n_embd=16 n_head=2 block_size=16 max_steps=20 eval_interval=10 lr=0.01 "
             "optimizer.warmup_steps=2")
-    cmd = [sys.executable, "-m", "charlm.bench", "speedrun", "--case", case, "--thresholds", "4.1,2.5",
+    cmd = [sys.executable, "-m", "charlm", "bench", "speedrun", "--case", case, "--thresholds", "4.1,2.5",
            "--nanogpt", str(nanogpt), "--nanogpt-args", "config/x.py", "--out", str(tmp_path / "out")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_usability import hparams_of
 
-from charlm.errors import CharLMError
-from charlm.sample import sample
+from charlm.core.errors import CharLMError
+from charlm.inference.sample import sample
 
 
 def test_training_writes_checkpoints_config_and_tensorboard(trained_run):

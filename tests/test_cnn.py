@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from charlm.checkpoint import load_model
-from charlm.errors import CharLMError
+from charlm.core.errors import CharLMError
+from charlm.inference.checkpoint import load_model
 from charlm.models import build_model
 
 

@@ -1,8 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
+from charlm.core.run_config import OptimizerConfig, group_settings
 from charlm.models import build_model, count_parameters
-from charlm.run_config import OptimizerConfig, group_settings
 
 
 def preset_model(compose_config, *overrides):
@@ -90,7 +90,7 @@ def test_tuned_presets_keep_the_published_size_and_token_budget(compose_config, 
 
 
 def test_the_warmup_stable_decay_schedule():
-    from charlm.recipe import warmup_cosine, warmup_stable_decay
+    from charlm.training.recipe import warmup_cosine, warmup_stable_decay
 
     steps = [warmup_stable_decay(s, 10, 110, 0.1, 0.2) for s in range(120)]
     assert steps[0] == pytest.approx(1 / 11) and steps[9] == pytest.approx(10 / 11)  # warm-up
@@ -104,7 +104,7 @@ def test_the_schedule_knob_reaches_the_optimizer(compose_config):
     from omegaconf import OmegaConf
 
     from charlm.models import build_model
-    from charlm.recipe import make_optimizer
+    from charlm.training.recipe import make_optimizer
 
     cfg = compose_config("optimizer.schedule=wsd", "optimizer.warmup_steps=0", "max_steps=100")
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=65)

@@ -1,4 +1,4 @@
-"""The token store (charlm.corpus), the splits and the blocks the data module serves."""
+"""The token store (charlm.core.corpus), the splits and the blocks the data module serves."""
 
 import json
 import sys
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.blocks import RandomBlockSampler, evaluation_offsets, shortest_text, split_bounds
-from charlm.corpus import TokenCache, encode, load_corpus, resolve_path
-from charlm.data import CharDataModule
-from charlm.errors import CharLMError
-from charlm.run_config import DataConfig
-from charlm.vocab import Vocabulary
+from charlm.core.corpus import TokenCache, encode, load_corpus, resolve_path
+from charlm.core.errors import CharLMError
+from charlm.core.run_config import DataConfig
+from charlm.core.vocab import Vocabulary
+from charlm.inference.blocks import RandomBlockSampler, evaluation_offsets, shortest_text, split_bounds
+from charlm.training.data import CharDataModule
 
 SHAKESPEARE = resolve_path(None).read_text(encoding="utf-8")
 
@@ -66,7 +66,7 @@ def test_a_cached_corpus_is_reused_and_a_changed_one_encoded_again(tmp_path, mon
     path.write_text("hello world\n" * 50)
     first = load_corpus(str(path), "chars", cache)
     calls = []
-    monkeypatch.setattr("charlm.corpus.encode", lambda *a: calls.append(a) or encode(*a))
+    monkeypatch.setattr("charlm.core.corpus.encode", lambda *a: calls.append(a) or encode(*a))
     again = load_corpus(str(path), "chars", cache)
     assert calls == [] and again.cache_file == first.cache_file
     path.write_text("goodbye moon\n" * 50)  # edited between runs
@@ -178,7 +178,7 @@ def test_memory_does_not_hold_the_corpus(tmp_path):
 
 def test_the_data_benchmark_encodes_like_nanogpt(tmp_path):
     """The benchmark's baseline and the token store agree on the corpus they time (a non-ASCII one)."""
-    from charlm.bench_data import make_corpus, nanogpt_encode, store_load
+    from charlm.tools.bench_data import make_corpus, nanogpt_encode, store_load
 
     corpus = tmp_path / "corpus.txt"
     assert make_corpus(corpus, 2) <= 2_000_000
@@ -200,7 +200,7 @@ def test_a_disk_that_fills_while_caching_leaves_no_cache_to_trust(tmp_path, monk
             raise OSError(28, "No space left on device")
         return real_encode(source, mode, out)
 
-    monkeypatch.setattr("charlm.corpus.encode", full_disk)
+    monkeypatch.setattr("charlm.core.corpus.encode", full_disk)
     corpus = load_corpus(str(path), "chars", cache)
     assert corpus.cache_file is None and corpus.vocab.decode(corpus.tokens.tolist()) == path.read_text()
     assert "No space left on device" in capsys.readouterr().err

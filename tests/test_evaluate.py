@@ -7,10 +7,10 @@ import pytest
 from conftest import CONF, TINY, TINY_RUN, run_script
 from hydra import compose, initialize_config_dir
 
-from charlm.errors import CharLMError
-from charlm.evaluate import evaluate, windows
-from charlm.export import export
-from charlm.sample import sample
+from charlm.core.errors import CharLMError
+from charlm.inference.evaluate import evaluate, windows
+from charlm.inference.export import export
+from charlm.inference.sample import sample
 
 
 def compose_named(name: str, *overrides: str):

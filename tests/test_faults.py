@@ -17,14 +17,15 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm import bench, export, quantize
-from charlm.atomic import hold_run_folder
-from charlm.callbacks import RunCheckpoint
-from charlm.cli import new_folder, user_error
-from charlm.corpus import load_corpus
-from charlm.errors import CharLMError
-from charlm.report import write_report
-from charlm.sample import sample
+from charlm.core.atomic import hold_run_folder
+from charlm.core.cli import new_folder, user_error
+from charlm.core.corpus import load_corpus
+from charlm.core.errors import CharLMError
+from charlm.inference import export, quantize
+from charlm.inference.sample import sample
+from charlm.tools import bench
+from charlm.training.callbacks import RunCheckpoint
+from charlm.training.report import write_report
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -259,8 +260,8 @@ def test_runs_started_together_get_their_own_folders(tmp_path):
 def test_user_errors_inside_hydra_wrappers_and_file_errors_are_one_line():
     inner = CharLMError("data.train_fraction must be between 0 and 1")
     try:
-        raise InstantiationException("Error in call to target 'charlm.data.CharDataModule':\nCharLMError(...)") \
-            from inner
+        raise InstantiationException("Error in call to target 'charlm.training.callbacks.RunCheckpoint':\n"
+                                     "CharLMError(...)") from inner
     except InstantiationException as wrapped:
         assert user_error(wrapped) is inner
     denied = PermissionError(13, "Permission denied", "/x/report.md")

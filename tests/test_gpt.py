@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from charlm.errors import CharLMError
+from charlm.core.errors import CharLMError
 from charlm.models import build_model, count_parameters
 
 

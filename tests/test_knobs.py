@@ -9,9 +9,9 @@ from conftest import TINY, TINY_CNN, TINY_RUN, run_script
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.errors import CharLMError
-from charlm.model_config import MODEL_CONFIGS, full_config
-from charlm.run_config import COPIES, RUN_FOLDER_COPIES, prepare_run_config, resolve_copies
+from charlm.core.errors import CharLMError
+from charlm.core.model_config import MODEL_CONFIGS, full_config
+from charlm.core.run_config import COPIES, RUN_FOLDER_COPIES, prepare_run_config, resolve_copies
 
 VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners that take other than a size
 
@@ -84,7 +84,8 @@ def test_a_run_ending_between_validations_still_validates_and_checkpoints(train_
     assert summary["steps"] == 24 and summary["status"] == "finished" and summary["best_val_loss"] == best
     # the LightningModule records the best validation in every checkpoint; the summary reads it there
     recorded = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["best_val"]
-    assert recorded == {"loss": best, "step": summary["best_step"]} and f"best-step{recorded['step']}-" in best_file.name
+    assert recorded == {"loss": best, "step": summary["best_step"]}
+    assert f"best-step{recorded['step']}-" in best_file.name
 
 
 def test_a_run_stopped_by_max_time_ends_validated(train_here):

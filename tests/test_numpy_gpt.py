@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import CONF, ROOT, run_script
 
-from charlm.checkpoint import load_model
-from charlm.errors import CharLMError
-from charlm.export import export
-from charlm.export_format import read_export, write_export
-from charlm.generation import generate
+from charlm.core.errors import CharLMError
+from charlm.core.export_format import read_export, write_export
+from charlm.core.generation import generate
+from charlm.inference.checkpoint import load_model
+from charlm.inference.export import export
+from charlm.inference.numpy_gpt import NumpyGPT, load_export, random_weights
+from charlm.inference.torch_runner import TorchRunner
 from charlm.models import build_model
-from charlm.numpy_gpt import NumpyGPT, load_export, random_weights
-from charlm.torch_runner import TorchRunner
 
 CONFIGS = {
     "relu, no qkv bias": dict(activation="relu", qkv_bias=False),
@@ -123,7 +123,7 @@ def test_numpy_greedy_generation_equals_torch_for_200_characters(trained_run, ex
 def test_sampling_picks_the_faster_engine(trained_run, exported, overrides, engine):
     from hydra import compose, initialize_config_dir
 
-    from charlm.sample import open_model
+    from charlm.inference.sample import open_model
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for ckpt in (exported, trained_run):  # an export, or a checkpoint converted in memory
@@ -147,7 +147,8 @@ def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):
 
 
 def test_export_command_and_its_errors(trained_run, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "charlm.export", str(trained_run), "--out", str(tmp_path / "m.npz")],
+    result = subprocess.run([sys.executable, "-m", "charlm", "export", str(trained_run), "--out",
+                             str(tmp_path / "m.npz")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "m.npz")
     meta, arrays = read_export(tmp_path / "m.npz")
@@ -159,7 +160,7 @@ def test_export_command_and_its_errors(trained_run, tmp_path):
         ([str(tmp_path / "missing.ckpt")], "checkpoint not found"),
         ([str(trained_run), "--out", str(tmp_path / "no" / "such" / "dir.npz")], "output folder does not exist"),
     ]:
-        bad = subprocess.run([sys.executable, "-m", "charlm.export", *args],
+        bad = subprocess.run([sys.executable, "-m", "charlm", "export", *args],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
 

@@ -9,12 +9,12 @@ import torch
 from conftest import TINY, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.checkpoint import model_state
-from charlm.errors import CharLMError
+from charlm.core.errors import CharLMError
+from charlm.core.run_config import OptimizerConfig, prepare_run_config
+from charlm.inference.checkpoint import model_state
 from charlm.models import build_model
-from charlm.muon import Muon, adjusted_lr, native_bfloat16, newton_schulz_dtype
-from charlm.recipe import MuonWithAdamW, make_optimizer
-from charlm.run_config import OptimizerConfig, prepare_run_config
+from charlm.training.muon import Muon, adjusted_lr, native_bfloat16, newton_schulz_dtype
+from charlm.training.recipe import MuonWithAdamW, make_optimizer
 
 MUON = OptimizerConfig(name="muon", warmup_steps=2)
 STEADY = [*TINY, "optimizer=muon", "max_steps=40", "dropout=0.1", "eval_interval=10"]

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import TINY, run_script
 
-from charlm.checkpoint import load_model
-from charlm.corpus import resolve_path
-from charlm.generation import generate
-from charlm.int8 import Int8Conv1d, Int8Linear, quantize_model, quantize_weight
+from charlm.core.corpus import resolve_path
+from charlm.core.generation import generate
+from charlm.inference.checkpoint import load_model
+from charlm.inference.torch_runner import TorchRunner
 from charlm.models import build_model
-from charlm.torch_runner import TorchRunner
+from charlm.models.int8 import Int8Conv1d, Int8Linear, quantize_model, quantize_weight
 
 
 def test_per_channel_rounding_error_is_at_most_half_a_step():
@@ -54,7 +54,7 @@ def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here
                            "data.train_fraction=0.8", run_dir=tmp_path / "run")
     before = sorted(p for p in tmp_path.rglob("*"))
     out = tmp_path / "tiny.int8.pt"
-    result = subprocess.run([sys.executable, "-m", "charlm.quantize", str(run), "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "charlm", "quantize", str(run), "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"scoring the validation split of {text} (12,000 tokens)" in result.stderr
@@ -72,5 +72,5 @@ def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here
     sampled = run_script("sample.py", f"ckpt={out}", "num_tokens=30", "seed=0")
     assert sampled.returncode == 0 and len(sampled.stdout) == 32
 
-    again = subprocess.run([sys.executable, "-m", "charlm.quantize", str(out)], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "charlm", "quantize", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "already quantized" in again.stderr

@@ -15,9 +15,9 @@ import torch
 from conftest import ROOT, TINY, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.callbacks import GracefulInterrupt
-from charlm.errors import CharLMError
-from charlm.lightning_module import LanguageModel
+from charlm.core.errors import CharLMError
+from charlm.training.callbacks import GracefulInterrupt
+from charlm.training.lightning_module import LanguageModel
 
 # Dropout on, so resuming must restore random states too; a fixed decay horizon, so a run may stop
 # (max_steps) earlier than another without changing the learning-rate schedule.
@@ -92,7 +92,7 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
 # versions 1, 2, ... through the trainer's checkpoint IO, printing each version it completed, until killed.
 WRITERS = """
 import os, sys, torch
-from charlm.trainer import AtomicCheckpointIO
+from charlm.training.trainer import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 for path in sys.stdin:
     pid = os.fork()
@@ -220,10 +220,10 @@ ENTRY_POINTS = {
                                     r"different vocabulary"),
     "sample: directory as checkpoint": (["sample.py", "ckpt={tmp}"], r"no checkpoint \(best\*.ckpt or last.ckpt\)"),
     "sample: numpy backend on a .ckpt": (["sample.py", "backend=numpy", "ckpt={run}"], r"runs a portable export"),
-    "export: not a checkpoint": (["-m", "charlm.export", "{file}"], r"not a readable checkpoint"),
-    "quantize: missing checkpoint": (["-m", "charlm.quantize", "{tmp}/none.ckpt"], r"checkpoint not found"),
-    "report: no runs": (["-m", "charlm.report", "{tmp}"], r"no runs \(folders with .hydra/config.yaml\)"),
-    "bench: bad number": (["-m", "charlm.bench", "training", "--steps", "0"], r"must be positive"),
+    "export: not a checkpoint": (["-m", "charlm", "export", "{file}"], r"not a readable checkpoint"),
+    "quantize: missing checkpoint": (["-m", "charlm", "quantize", "{tmp}/none.ckpt"], r"checkpoint not found"),
+    "report: no runs": (["-m", "charlm", "report", "{tmp}"], r"no runs \(folders with .hydra/config.yaml\)"),
+    "bench: bad number": (["-m", "charlm", "bench", "training", "--steps", "0"], r"must be positive"),
 }
 
 

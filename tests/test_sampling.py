@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from charlm.generation import generate, pick_next
+from charlm.core.generation import generate, pick_next
+from charlm.inference.torch_runner import TorchRunner
 from charlm.models import build_model
-from charlm.torch_runner import TorchRunner
 
 # The CUDA cases run only where a GPU is visible (never in CI); they check the same promises there.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

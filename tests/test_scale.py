@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, TINY_CNN, run_script, train_in_process
 
-from charlm.checkpoint import model_state
+from charlm.inference.checkpoint import model_state
 
 STEPS = ["max_steps=30", "eval_interval=15"]
 RUN = [*TINY, *STEPS]
@@ -152,10 +152,10 @@ def test_gradient_clipping_works_with_the_fused_adamw_used_on_gpus(precision, fu
     import lightning as L
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from charlm.data import CharDataModule
-    from charlm.lightning_module import LanguageModel
-    from charlm.recipe import make_optimizer
-    from charlm.run_config import DataConfig
+    from charlm.core.run_config import DataConfig
+    from charlm.training.data import CharDataModule
+    from charlm.training.lightning_module import LanguageModel
+    from charlm.training.recipe import make_optimizer
 
     clip, norms = 1e-3, []
 

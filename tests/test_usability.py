@@ -9,7 +9,7 @@ from conftest import ROOT, TINY, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from charlm.prompts import hydra_quoted
+from charlm.core.prompts import hydra_quoted
 
 TRICKY = ["To be, or not", "RÖMEO 🌹: é", "朱丽叶, (hark)! = 'x'", "a\\b ${x} \\'", "[1,2] {a: b} ~x %s"]
 

@@ -1,5 +1,5 @@
 """Character-level language models: data, models, training, sampling."""
 
-from charlm.errors import CharLMError
+from charlm.core.errors import CharLMError
 
 __all__ = ["CharLMError"]

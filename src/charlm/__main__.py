@@ -12,10 +12,10 @@ COMMANDS = {
     "train": ("charlm.commands", "train_main", "train a model (key=value overrides; conf/config.yaml)"),
     "sample": ("charlm.commands", "sample_main", "stream text from a checkpoint (conf/sample.yaml)"),
     "evaluate": ("charlm.commands", "evaluate_main", "a checkpoint's loss on a held-out split (conf/evaluate.yaml)"),
-    "export": ("charlm.export", "main", "weights, config and vocabulary in one .npz, for the NumPy engine"),
-    "quantize": ("charlm.quantize", "main", "int8 weights, and what they cost in loss and buy in size"),
-    "report": ("charlm.report", "main", "compare the runs of a sweep or folder"),
-    "bench": ("charlm.bench", "main", "speed: training, generation, data, optimizer, speedrun"),
+    "export": ("charlm.inference.export", "main", "weights, config and vocabulary in one .npz, for the NumPy engine"),
+    "quantize": ("charlm.inference.quantize", "main", "int8 weights, and what they cost in loss and buy in size"),
+    "report": ("charlm.training.report", "main", "compare the runs of a sweep or folder"),
+    "bench": ("charlm.tools.bench", "main", "speed: training, generation, data, optimizer, speedrun"),
 }
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     entry = getattr(importlib.import_module(module), function)
     sys.argv = [f"charlm {command}", *sys.argv[2:]]  # what Hydra and argparse read
     if function == "main":  # the tools: argparse mains, their errors turned into one line
-        from charlm.cli import run_cli
+        from charlm.core.cli import run_cli
 
         run_cli(entry, sys.argv[1:])
     else:

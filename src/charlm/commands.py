@@ -8,29 +8,29 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from charlm.cli import hydra_main, prepare_hydra, run_cli
-from charlm.prompts import take_prompt_arguments
+from charlm.core.cli import hydra_main, prepare_hydra, run_cli
+from charlm.core.prompts import take_prompt_arguments
 
 CONFIG = "pkg://charlm.conf"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG, config_name="config")
 def run_train(cfg: DictConfig) -> float:
-    from charlm.train import train  # torch and Lightning: loaded for a run, not for --help or --cfg
+    from charlm.training.train import train  # torch and Lightning: loaded for a run, not for --help or --cfg
 
     return run_cli(train, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG, config_name="sample")
 def run_sample(cfg: DictConfig) -> None:
-    from charlm.sample import sample  # the torch backend loads torch only when it samples
+    from charlm.inference.sample import sample  # the torch backend loads torch only when it samples
 
     run_cli(sample, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG, config_name="evaluate")
 def run_evaluate(cfg: DictConfig) -> None:
-    from charlm.evaluate import evaluate  # torch: loaded for a run, not for --help or --cfg
+    from charlm.inference.evaluate import evaluate  # torch: loaded for a run, not for --help or --cfg
 
     run_cli(evaluate, cfg)
 

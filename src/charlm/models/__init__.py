@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 from torch import nn
 
-from charlm.model_config import model_settings
+from charlm.core.model_config import model_settings
 from charlm.models.cnn import DilatedCNN
 from charlm.models.gpt import GPT
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.model_config import CNNConfig
+from charlm.core.model_config import CNNConfig
 
 
 @dataclass

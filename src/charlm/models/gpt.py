@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.model_config import GPTConfig
+from charlm.core.model_config import GPTConfig
 
 
 class ReLUSquared(nn.Module):

@@ -1,0 +1,80 @@
+"""Safe file writes: crash-safe replacement of a file, folders checked before writing, and a run
+folder held by one live run at a time."""
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from charlm.core.errors import CharLMError
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write` into a temp file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def check_output(out: Path, *inputs: Path) -> None:
+    """A tool may write `out`: it is none of its inputs, not a folder, and its folder exists and can be written."""
+    out = Path(out)
+    for source in inputs:
+        if out.resolve() == Path(source).resolve():
+            raise CharLMError(f"--out {out} is the input file itself, and no tool overwrites its input; "
+                              "choose another path")
+    if out.is_dir():
+        raise CharLMError(f"--out {out} is a folder; give a file path")
+    if not out.parent.is_dir():
+        raise CharLMError(f"output folder does not exist: {out.parent}")
+    ensure_writable(out.parent)
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` and write a probe file in it, or raise one CharLMError saying why not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CharLMError(f"cannot write to {folder}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on <run_dir>/.lock while a run writes there; a second live run on the
+    same folder is refused instead of mixing its checkpoints and events with the first's."""
+    if fcntl is None:
+        yield
+        return
+    with open(Path(run_dir) / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise CharLMError(f"{run_dir} is in use by a live run (pid {holder}); wait for it to end, or give this "
+                              "run its own folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

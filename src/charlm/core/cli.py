@@ -1,0 +1,153 @@
+"""What the entry points share: config resolvers, and user errors printed as one line."""
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from charlm.core.atomic import ensure_writable
+from charlm.core.errors import CharLMError, Interrupted, log
+from charlm.core.model_config import MODEL_CONFIGS
+from charlm.core.run_config import knob_help, register_schemas
+
+
+def prepare_hydra() -> None:
+    """The resolvers the configs use and the schemas they are presets over."""
+    register_schemas()
+    OmegaConf.register_new_resolver("knob_help", knob_help, replace=True)
+    OmegaConf.register_new_resolver("min", min, replace=True)
+    # cached: Hydra resolves the run folder more than once, and each time must name the same folder
+    OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)
+
+
+def new_folder(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ...: the first that does not exist yet, created at once, so two
+    runs started in the same second with the same name never share a folder."""
+    candidate, number = Path(path), 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)  # atomic: exactly one process creates a given folder
+            return str(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = Path(f"{path}-{number}")
+        except OSError:  # cannot be created here: CheckOutputFolder says why, in one line
+            return path
+
+
+def one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def is_lightning_config_error(err: BaseException) -> bool:
+    """Lightning's MisconfigurationException, recognised without importing Lightning (sample.py never does)."""
+    return any(cls.__name__ == "MisconfigurationException" and cls.__module__.startswith("lightning")
+               for cls in type(err).__mro__)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The error a user should see, or None for a bug. Hydra wraps errors raised while it builds an
+    object ("Error in call to target ..."): the user's error is the one inside."""
+    while isinstance(err, InstantiationException) and isinstance(err.__cause__, Exception):
+        err = err.__cause__
+    if isinstance(err, (CharLMError, InstantiationException)) or is_lightning_config_error(err):
+        return err
+    if isinstance(err, OSError) and err.strerror:  # a file or folder the user named or can fix
+        return CharLMError(f"{err.strerror}: {err.filename}" if err.filename else err.strerror)
+    return None
+
+
+def run_cli(task: Callable, *args):
+    """Run an entry point's task: the one place that turns what can go wrong into a line and an exit status.
+
+    A user error (CharLMError, Lightning's configuration errors, Hydra's instantiation errors, a file
+    that cannot be read or written) prints `error: ...` and exits with status 2; a run stopped by a
+    signal after saving exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). Inside a Hydra sweep a
+    user error is raised on after its line: Hydra then marks that job failed and runs the others.
+    Set CHARLM_DEBUG=1 to get the full traceback instead.
+    """
+    debug = bool(os.environ.get("CHARLM_DEBUG"))
+    try:
+        return task(*args)
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr, flush=True)
+        log.warning(f"interrupted: {stop}")
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C where nothing was running that could save
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
+    except Exception as err:
+        shown = None if debug else user_error(err)
+        if shown is None:
+            raise
+        print(f"error: {one_line(shown)}", file=sys.stderr, flush=True)
+        log.error(one_line(shown))  # into train.log too, where there is one
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(2)
+
+
+def config_error(err: BaseException) -> str:
+    """An error in composing the config (an unknown key, a value of the wrong type, a bad override), as
+    one line naming the key."""
+    if isinstance(err, MissingConfigException) and err.options is not None:  # group=option with no such option
+        options = [o for o in err.options if not o.endswith("schema")]
+        return f"{str(err).splitlines()[0]}; choose one of: {', '.join(options)}"
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+        group, _, leaf = key.partition(".")
+        owners = [f"model={family}" for family, settings in MODEL_CONFIGS.items()
+                  if group == "model" and leaf in {spec.name for spec in fields(settings)}]
+        if owners:
+            return f"{key} applies to {' and '.join(owners)}, not to this run's model"
+        return f"{key} is not a setting (--help lists them; +{key}=VALUE adds a new key)"
+    detail = str(getattr(cause, "msg", "")).splitlines()[:1] if cause is not err else []
+    return ": ".join([one_line(err), *detail])
+
+
+def hydra_main(main: Callable) -> None:
+    """Run a Hydra main with its errors in composing the config as one line and exit status 2 (Hydra
+    prints them over several lines with status 1). A job's own errors were printed by run_cli."""
+    traceback_wanted = bool(os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("CHARLM_DEBUG"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if traceback_wanted:
+            raise
+        print(f"error: {config_error(err)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except Exception as err:
+        if traceback_wanted or user_error(err) is None:
+            raise
+        sys.exit(2)  # a sweep's job failed; run_cli has printed its line
+
+
+def check_writable(folder: str) -> None:
+    """Stop with one line, before Hydra itself trips over it, when `folder` cannot be written."""
+    try:
+        ensure_writable(Path(folder))
+    except CharLMError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class CheckOutputFolder(Callback):
+    """Hydra callback: fail with one line, before Hydra itself trips over it, when the run or sweep
+    folder cannot be written."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir)

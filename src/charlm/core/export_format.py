@@ -1,0 +1,36 @@
+"""The portable export format: one .npz holding every weight (named as in the torch state_dict)
+plus `__meta__`, a JSON string with the model config and the vocabulary. Readable without torch."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from charlm.core.atomic import atomic_write
+from charlm.core.errors import CharLMError
+
+FORMAT = "charlm-npz"
+VERSION = 1
+
+
+def write_export(path: Path, model_config: dict, vocab: str, arrays: dict[str, np.ndarray],
+                 vocab_mode: str = "chars") -> None:
+    meta = {"format": FORMAT, "version": VERSION, "model": model_config, "vocab": vocab, "vocab_mode": vocab_mode}
+    # Through an open file: np.savez would append .npz to a name without it.
+    atomic_write(path, lambda file: np.savez(file, __meta__=np.array(json.dumps(meta)), **arrays))
+
+
+def read_export(path) -> tuple[dict, dict[str, np.ndarray]]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CharLMError(f"export not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        raise CharLMError(f"not a readable charlm export (truncated or another file): {path}") from None
+    if meta.get("format") != FORMAT or not {"model", "vocab"} <= meta.keys():
+        raise CharLMError(f"not a charlm export: {path}")
+    return meta, arrays

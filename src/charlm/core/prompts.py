@@ -1,0 +1,45 @@
+"""Prompts as people type them.
+
+Hydra's override grammar rejects most text as a bare value (spaces, commas, '=', quotes, brackets,
+letters beyond ASCII), so before Hydra parses sample.py's command line, `prompt=TEXT` (any text the
+shell passed), `prompt_file=PATH` (a UTF-8 file) and `prompt=-` (standard input) become one quoted
+override holding exactly that text. Everything else keeps Hydra's grammar.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+from charlm.core.errors import CharLMError
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a single-quoted Hydra value that composes back to exactly `text`: backslashes and
+    quotes escaped, and `${` too, which would start an interpolation."""
+    # Hydra reads a run of backslashes literally unless a quote, `${` or the closing quote follows it
+    escaped = re.sub(r"(\\+)(?='|\$\{|$)", lambda run: run.group(1) * 2, text)
+    escaped = escaped.replace("'", "\\'").replace("${", "\\${")
+    return f"'{escaped}'"
+
+
+def prompt_text(argument: str) -> str:
+    key, _, value = argument.partition("=")
+    if key == "prompt":
+        return sys.stdin.read() if value == "-" else value
+    path = Path(value).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CharLMError(f"prompt_file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise CharLMError(f"prompt_file is not UTF-8 text: {path}") from None
+    except OSError as err:
+        raise CharLMError(f"cannot read prompt_file {path}: {err.strerror}") from None
+
+
+def take_prompt_arguments(argv: list[str] | None = None) -> None:
+    """Rewrite `prompt=...` and `prompt_file=...` in sys.argv (or `argv`) in place, as described above."""
+    argv = sys.argv if argv is None else argv
+    for i, argument in enumerate(argv[1:], start=1):
+        if argument.startswith(("prompt=", "prompt_file=")):
+            argv[i] = f"prompt={hydra_quoted(prompt_text(argument))}"

@@ -1,0 +1,87 @@
+"""`sample.py`'s work: open a model (torch checkpoint, or NumPy export) and stream generated text.
+
+The NumPy backend never imports torch.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from charlm.core import checks
+from charlm.core.errors import CharLMError
+from charlm.core.generation import generate
+
+BACKENDS = ("auto", "torch", "numpy")
+
+
+def check_sample_config(cfg: DictConfig) -> None:
+    checks.choice("backend", cfg.backend, BACKENDS)
+    checks.text("ckpt", cfg.ckpt, nullable=True)
+    checks.integer("num_tokens", cfg.num_tokens, low=0)
+    checks.integer("num_samples", cfg.num_samples)
+    checks.number("temperature", cfg.temperature, 0)
+    checks.integer("top_k", cfg.top_k, nullable=True)
+    checks.number("top_p", cfg.top_p, 0, 1, low_open=True, nullable=True)
+    checks.seed("seed", cfg.seed, nullable=True)
+    checks.boolean("compile", cfg.compile)
+    checks.text("device", cfg.device)
+    if cfg.compile and cfg.backend == "numpy":
+        raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
+    if cfg.prompt is not None and (not isinstance(cfg.prompt, str) or not cfg.prompt):
+        raise CharLMError("prompt must contain at least one character")
+
+
+def open_model(cfg: DictConfig):
+    """(runner, vocabulary, what runs) for the configured backend. `auto` runs a GPT on the NumPy engine
+    when it generates one text at a time on the CPU, uncompiled: there the NumPy engine's matrix-vector
+    products use every core and torch's use one (docs/performance.md); torch runs everything else."""
+    export = cfg.ckpt is not None and str(cfg.ckpt).endswith(".npz")
+    if cfg.backend == "numpy" and not export:
+        raise CharLMError("backend=numpy runs a portable export: first `charlm export CHECKPOINT "
+                          "--format npz`, then sample.py backend=numpy ckpt=FILE.npz (or backend=auto runs a "
+                          "checkpoint on the NumPy engine where that is faster)")
+    numpy_engine = cfg.backend == "numpy" or (
+        cfg.backend == "auto" and cfg.num_samples == 1 and not cfg.compile and str(cfg.device).split(":")[0] == "cpu")
+    if numpy_engine and export:
+        from charlm.inference.numpy_gpt import load_export  # imported here: this path never imports torch
+
+        model, vocab = load_export(cfg.ckpt)
+        return model, vocab, f"{cfg.ckpt} (NumPy engine)"
+    from charlm.inference.checkpoint import load_model, newest_run, numpy_weights  # torch: imported only for this path
+    from charlm.inference.torch_runner import TorchRunner, check_device
+
+    check_device("device", cfg.device)
+    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
+    if numpy_engine and loaded.model_config["name"] == "gpt" and loaded.quantization is None:
+        from charlm.inference.numpy_gpt import NumpyGPT
+
+        return NumpyGPT(loaded.model_config, numpy_weights(loaded.model)), loaded.vocab, f"{loaded.path} (NumPy engine)"
+    runner = TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile)
+    return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if cfg.compile else ''})"
+
+
+def sample(cfg: DictConfig) -> None:
+    check_sample_config(cfg)
+    runner, vocab, what = open_model(cfg)
+    print(f"sampling from {what}", file=sys.stderr, flush=True)
+    prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
+    prompt_ids = np.array([vocab.encode(prompt)] * cfg.num_samples, dtype=np.int64)
+    rng = np.random.default_rng(cfg.seed)  # seed None: fresh entropy each call
+    steps = generate(runner, prompt_ids, cfg.num_tokens, cfg.temperature, cfg.top_k, cfg.top_p, rng)
+    out = sys.stdout
+    if cfg.num_samples == 1:  # stream character by character
+        out.write(prompt)
+        text_of = vocab.streaming_decoder()
+        for next_id in steps:
+            out.write(text_of(int(next_id[0])))
+            out.flush()
+        out.write("\n")
+    else:  # one batch; print each sample when all are done
+        columns = np.stack(list(steps), axis=1) if cfg.num_tokens else prompt_ids[:, :0]  # (N, num_tokens)
+        for i, row in enumerate(columns.tolist()):
+            if i:
+                out.write("\n" + "-" * 40 + "\n")
+            out.write(prompt + vocab.decode(row) + "\n")
+    out.flush()

@@ -1,0 +1,181 @@
+"""Training callbacks of our own: a validation at the last step, a text sample in TensorBoard at every
+validation, Ctrl-C and SIGTERM that save before they stop, and checkpoints that survive a moved folder."""
+
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from charlm.core.errors import CharLMError
+from charlm.core.generation import sample_text
+from charlm.inference.torch_runner import TorchRunner
+from charlm.training.internals import align_logging_step
+
+
+class FinalValidation(L.Callback):
+    """Ends every run that reaches max_steps with a validation, and so with last.ckpt and a best
+    checkpoint, even when max_steps is not a multiple of the validation interval. Lightning validates
+    when a step sets `should_stop` (as max_time, early stopping and Ctrl-C do), but not when the step
+    count runs out; asking it to stop at the last step makes that case the same."""
+
+    def __init__(self):
+        self.aligned = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if not self.aligned:  # a checkpoint saved by such a validation would resume logging one step early
+            self.aligned = align_logging_step(trainer) or True
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class TextSampleCallback(L.Callback):
+    """A generated sample in TensorBoard at every validation, from `prompt`: by default a newline,
+    or the training text's first character when the text has no newline (DNA, one long line)."""
+
+    def __init__(self, num_tokens: int = 200, temperature: float = 0.8, prompt: str | None = None, seed: int = 0):
+        self.num_tokens = num_tokens
+        self.temperature = temperature
+        self.prompt = prompt
+        self.seed = seed
+        self.last_sample = ""
+
+    def prompt_for(self, vocab, text_start: str = "") -> str:
+        """The prompt to sample from, checked against the vocabulary."""
+        if self.prompt is not None:
+            if missing := vocab.unknown(self.prompt):
+                raise CharLMError("callbacks.text_sample.prompt has characters the vocabulary lacks: "
+                                  + ", ".join(map(repr, missing)))
+            return self.prompt
+        return "\n" if "\n" in vocab.index else (text_start[:1] or vocab.chars[0])
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # before the first step: a prompt the vocabulary lacks must not end a run at its first validation
+        first_id = trainer.datamodule.train_ids[0] if trainer.datamodule is not None else None
+        text_start = pl_module.vocab.chars[int(first_id)] if first_id is not None else ""
+        self.prompt = self.prompt_for(pl_module.vocab, text_start)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.num_tokens < 1:
+            return
+        # A fixed seed for each sample, so successive samples show the model changing, not the dice.
+        with TorchRunner(pl_module.model) as runner:
+            self.last_sample = sample_text(runner, pl_module.vocab, self.prompt, self.num_tokens,
+                                           temperature=self.temperature, rng=np.random.default_rng(self.seed))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # Indented lines render as a code block in TensorBoard, which keeps line breaks.
+                markdown = "\n".join("    " + line for line in (self.prompt + self.last_sample).splitlines())
+                logger.experiment.add_text("sample", markdown, trainer.global_step)
+
+
+class LearningRates(L.Callback):
+    """One TensorBoard curve per optimizer, `lr/<optimizer>`, on logging steps. (Lightning's
+    LearningRateMonitor draws one per parameter group: two identical curves for AdamW's decayed and
+    undecayed groups.)"""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if (trainer.global_step + 1) % trainer.log_every_n_steps:
+            return
+        rates = {}
+        for optimizer in trainer.optimizers:
+            # MuonWithAdamW: a curve for each of the two it steps
+            parts = getattr(optimizer, "optimizers", {type(optimizer).__name__.lower(): optimizer})
+            rates |= {f"lr/{name}": part.param_groups[0]["lr"] for name, part in parts.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=trainer.global_step)
+
+
+class StopNow(BaseException):
+    """A second interrupt: leave at once. Not an Exception, so nothing on the way catches it as an error."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class GracefulInterrupt(L.Callback):
+    """The first Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and other schedulers send before
+    they kill a job) finishes the current step, saves `last.ckpt` and stops training after a final
+    validation; a second one stops at once. Single-process runs only: under DDP every process would
+    have to agree on the step, so Lightning's own handling applies there."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None  # the signal that asked to stop
+        self.saved_at: int | None = None
+        self.previous_handlers = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size == 1:  # installed after Lightning's own SIGTERM handler, so this one answers
+            self.previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in self.SIGNALS}
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.signum is not None:  # the second one
+            raise StopNow(signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+              "(again to stop at once)", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.signum is not None and self.saved_at is None:
+            # The loss is checked only on logging steps, so make sure a diverged model never
+            # replaces the last good last.ckpt.
+            if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+                raise CharLMError("interrupted, but the weights are no longer finite (the loss diverged); "
+                                  "last.ckpt was not replaced. Try a lower lr.")
+            callback = trainer.checkpoint_callback
+            folder = Path(callback.dirpath) if callback and callback.dirpath else Path(trainer.default_root_dir)
+            trainer.save_checkpoint(folder / "last.ckpt", weights_only=False)
+            self.saved_at = trainer.global_step
+            trainer.should_stop = True  # Lightning then validates, and the checkpoint callbacks save
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.restore_handlers()
+
+    def restore_handlers(self) -> None:
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
+        self.previous_handlers = {}
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for a run folder that may have moved since it was saved.
+
+    Lightning forgets the best score when a resumed checkpoint was written in another folder, so a
+    worse checkpoint could become the best. This re-roots the saved paths in the folder the run is in
+    now and keeps the whole state."""
+
+    @property
+    def state_key(self) -> str:  # Lightning's own key, so checkpoints written before this class still resume
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and Path(saved) != Path(self.dirpath):
+            state_dict = dict(state_dict, dirpath=self.dirpath)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = self.moved(state_dict[key], saved)
+            state_dict["best_k_models"] = {self.moved(path, saved): score
+                                           for path, score in state_dict.get("best_k_models", {}).items()}
+        super().load_state_dict(state_dict)
+
+    def moved(self, path: str, saved_dirpath: str) -> str:
+        """`path` as it is now: under this callback's folder if it was under the saved one."""
+        if not path:
+            return path
+        try:
+            return str(Path(self.dirpath) / Path(path).relative_to(saved_dirpath))
+        except ValueError:  # saved somewhere else: leave it
+            return path

@@ -1,0 +1,135 @@
+"""Compare runs: a Markdown and CSV table plus a validation-loss plot for every run under a folder.
+
+    charlm report outputs/multirun/<sweep>      # any folder of runs (or python -m charlm report)
+
+After a sweep, the Hydra callback `SweepReport` (conf/config.yaml) writes the same report into the
+sweep folder as each job ends, so it exists even when a job fails.
+"""
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+
+from charlm.core.atomic import ensure_writable
+from charlm.core.cli import run_cli
+from charlm.core.errors import CharLMError
+
+# (summary key, column title, format for the Markdown table)
+COLUMNS = [
+    ("run", "run", "{}"), ("model", "model", "{}"), ("parameters", "parameters", "{:,}"),
+    ("steps", "steps", "{:,}"), ("tokens", "tokens", "{:,}"), ("best_val_loss", "best val loss", "{:.4f}"),
+    ("best_val_bpc", "val bpc", "{:.3f}"), ("tokens_per_s", "tokens/s", "{:,.0f}"),
+    ("wall_time_s", "wall time (s)", "{:.1f}"), ("status", "status", "{}"),
+]
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """Run folders: every folder below `folder` (or itself) holding a Hydra config."""
+    return sorted(p.parent.parent for p in folder.glob("**/.hydra/config.yaml"))
+
+
+def validation_curve(run: Path) -> list[tuple[int, float]]:
+    # tensorboard and matplotlib load only when a report is written: every train.py run loads this
+    # module, because SweepReport is a Hydra callback.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not (run / "tb").is_dir():  # a run that failed before logging anything
+        return []
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    if "val/loss" not in events.Tags().get("scalars", []):
+        return []
+    return [(e.step + 1, e.value) for e in events.Scalars("val/loss")]  # logged at step index, 0-based
+
+
+def run_row(run: Path, root: Path) -> dict:
+    summary_file = run / "summary.json"
+    row = {"run": str(run.relative_to(root)) if run != root else run.name}
+    if not summary_file.is_file():
+        return row | {"status": "failed or unfinished"}
+    try:
+        return row | json.loads(summary_file.read_text())
+    except (OSError, ValueError):  # half-written by a run killed mid-write, or not ours: report the others
+        return row | {"status": f"unreadable summary.json ({summary_file})"}
+
+
+def fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return spec.format(value)
+
+
+def write_report(folder: str | Path) -> list[Path]:
+    """Write report.md, report.csv and val_loss.png into `folder`; returns their paths."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CharLMError(f"not a folder of runs: {root}")
+    runs = find_runs(root)
+    if not runs:
+        raise CharLMError(f"no runs (folders with .hydra/config.yaml) under {root}")
+    ensure_writable(root)
+    rows = [run_row(run, root) for run in runs]
+
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [header, "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(row.get(key), spec) for key, _, spec in COLUMNS) + " |" for row in rows]
+    markdown = root / "report.md"
+    markdown.write_text(f"# Runs under {root}\n\n" + "\n".join(lines) + "\n")
+
+    table = root / "report.csv"
+    with table.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=[key for key, _, _ in COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    plot = root / "val_loss.png"
+    import matplotlib  # see validation_curve: loaded only here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run, row in zip(runs, rows, strict=True):
+        curve = validation_curve(run)
+        if curve:
+            steps, losses = zip(*curve, strict=True)
+            ax.plot(steps, losses, marker="o", markersize=3, label=row["run"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    plt.close(fig)
+    return [markdown, table, plot]
+
+
+class SweepReport(Callback):
+    """Hydra callback: refresh the sweep folder's report whenever a job of a sweep ends."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        hydra = HydraConfig.get()
+        if hydra.mode == RunMode.MULTIRUN:
+            try:
+                write_report(hydra.sweep.dir)
+            except CharLMError:
+                pass  # a job that failed before writing anything leaves nothing to report yet
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise CharLMError("usage: charlm report FOLDER_OF_RUNS")
+    for path in write_report(argv[0]):
+        print(path)
+    print((Path(argv[0]) / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,257 @@
+"""A training run from a composed Hydra config, in four steps: plan, build, fit, report."""
+
+import contextlib
+import json
+import math
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from charlm.core.atomic import atomic_write, ensure_writable, hold_run_folder
+from charlm.core.errors import Interrupted
+from charlm.core.generation import sample_text
+from charlm.core.model_config import model_settings
+from charlm.core.run_config import RunKnobs, prepare_run_config
+from charlm.core.vocab import Vocabulary
+from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, find_checkpoint, load_model, read_checkpoint
+from charlm.inference.torch_runner import TorchRunner
+from charlm.models import count_parameters
+from charlm.training.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
+from charlm.training.console import is_rank_zero, say
+from charlm.training.data import CharDataModule
+from charlm.training.devices import check_devices, compile_model, training_device, use_fast_kernels
+from charlm.training.lightning_module import LanguageModel
+from charlm.training.memory import check_fits
+from charlm.training.muon import native_bfloat16, newton_schulz_dtype
+from charlm.training.report import write_report
+from charlm.training.resume import best_score, fine_tune_source, requeue_checkpoint, resume_checkpoint, run_folder_of
+from charlm.training.trainer import RunLogger, build_trainer
+
+
+def command_line_overrides() -> list[str]:
+    """This job's overrides from the command line, when Hydra started it."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, decided before anything is built or written: every value checked, where it
+    starts from (fresh, resumed or fine-tuned), its run folder, model, optimizer and vocabulary."""
+
+    knobs: RunKnobs
+    model: dict  # the model config it trains (fine-tuning: the checkpoint's)
+    optimizer: dict  # the optimizer settings that apply, Muon's dtype resolved for the device
+    run_dir: Path
+    vocab: Vocabulary
+    device: str
+    ckpt_file: Path | None = None  # resuming: the checkpoint it continues
+    start_step: int = 0
+    best_so_far: float | None = None  # resuming: the checkpoint's best val/loss
+    init: LoadedModel | None = None  # fine-tuning: the checkpoint it starts from
+
+    @property
+    def finished(self) -> bool:
+        return self.ckpt_file is not None and self.start_step >= self.knobs.max_steps
+
+
+def plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
+    """The run's plan, and its data read and checked (the vocabulary comes from the text). It finishes
+    the composed config (copies handed to their owners); nothing changes `cfg` after it."""
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    settings = prepare_run_config(cfg, command_line_overrides(), sweep)  # every value checked before anything is read
+    check_devices(cfg)
+    knobs, model_config, data, init = settings.knobs, settings.model, settings.data, None
+    if knobs.init_from is not None:
+        init, model_config = fine_tune_source(knobs, data.vocab)
+        knobs, data = replace(knobs, block_size=init.model.block_size), replace(data, block_size=init.model.block_size)
+    model_settings(model_config)  # a bad model option fails here, before the data is read
+    datamodule = CharDataModule(data, fixed_vocab=init.vocab.chars if init else None)
+    datamodule.setup("fit")  # read and check the text now, so bad data fails before anything else
+    vocab, device = datamodule.vocab, training_device(cfg)
+    check_fits(model_config, len(vocab), knobs.batch_size, knobs.block_size, device, cpu_processes(cfg))
+    run_dir, ckpt_path = Path(cfg.paths.run_dir), knobs.ckpt_path
+    if ckpt_path is None and (requeued := requeue_checkpoint(run_dir)):
+        ckpt_path = str(requeued)  # a SLURM job requeued into its own run folder
+    ckpt_file, resumed = resume_checkpoint(ckpt_path, Path(cfg.paths.root) / "runs", model_config, vocab,
+                                           settings.optimizer.name)
+    if ckpt_file and run_folder_of(ckpt_file):
+        run_dir = run_folder_of(ckpt_file).resolve()  # carry on in the interrupted run's folder
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)  # where the trainer, logger and checkpoints write
+    optimizer = settings.optimizer.applied()
+    if optimizer["name"] == "muon":
+        optimizer["muon_dtype"] = str(newton_schulz_dtype(optimizer["muon_dtype"], device)).removeprefix("torch.")
+    return Plan(knobs, model_config, optimizer, run_dir, vocab, device, ckpt_file, int(resumed.get("global_step", 0)),
+                best_score(resumed), init), datamodule
+
+
+def build(plan: Plan, cfg: DictConfig) -> tuple[LanguageModel, list]:
+    """The LightningModule (weights fresh or fine-tuned, compiled if asked) and the callbacks."""
+    module = LanguageModel(model=plan.model, vocab=plan.vocab.chars, vocab_mode=plan.vocab.mode,
+                           optimizer=plan.optimizer)
+    if plan.init is not None:
+        module.model.load_state_dict(plan.init.model.state_dict())
+    if plan.knobs.compile:
+        example = torch.zeros(plan.knobs.batch_size, plan.knobs.block_size, dtype=torch.long, device=plan.device)
+        if compile_model(module.model, example, cfg.trainer.precision):
+            say("compiled the model with torch.compile")
+    # FinalValidation is not a config option: every run ends validated and checkpointed.
+    return module, [instantiate(c) for c in cfg.callbacks.values()] + [FinalValidation()]
+
+
+def announce(plan: Plan, cfg: DictConfig, module: LanguageModel, datamodule: CharDataModule) -> None:
+    """What is about to run: resume point, model, data, optimizer, receptive field."""
+    if plan.ckpt_file:
+        say(f"resuming {plan.ckpt_file} at step {plan.start_step}; checkpoints and TensorBoard go to {plan.run_dir}")
+    n_params, vocab = count_parameters(module.model), plan.vocab
+    say(f"run {plan.knobs.name}: {plan.model['name']}, {n_params:,} parameters ({n_params * 4 / 1e6:.2f} MB as "
+        f"float32), vocabulary {vocab.describe()}, {len(datamodule.train_ids):,} train / {len(datamodule.val_ids):,} "
+        f"val / {len(datamodule.splits['test']):,} test tokens, output in {plan.run_dir}")
+    optimizer = plan.optimizer
+    if optimizer["name"] == "muon":
+        why = ""
+        if cfg.optimizer.muon_dtype == "auto":
+            why = (f" (muon_dtype=auto: the {plan.device} {'has' if native_bfloat16(plan.device) else 'lacks'} "
+                   "native bfloat16)")
+        say(f"optimizer: Muon at muon_lr {optimizer['muon_lr']:g} for the blocks' matrices, Newton-Schulz in "
+            f"{optimizer['muon_dtype']}{why}; AdamW at lr {optimizer['lr']:g} for embeddings, head, norms and biases")
+    receptive_field = getattr(module.model, "receptive_field", None)
+    if receptive_field is not None:
+        block_size = plan.knobs.block_size
+        say(f"receptive field: {receptive_field} characters (block_size {block_size})")
+        if receptive_field < block_size:
+            say(f"warning: the receptive field ({receptive_field}) is shorter than block_size ({block_size}): "
+                "later positions cannot use the whole block; add layers or a longer dilation cycle", sys.stderr)
+
+
+def train(cfg: DictConfig) -> float:
+    """Train as configured, in four steps: plan, build, fit, report. Returns the best validation loss
+    (what a sweeper minimises)."""
+    plan_, datamodule = plan(cfg)
+    if plan_.finished:
+        say(f"{plan_.ckpt_file} is already at step {plan_.start_step}, and max_steps is {plan_.knobs.max_steps}: "
+            "nothing to train, nothing changed. Give a larger max_steps to train on.", sys.stderr)
+        return plan_.best_so_far if plan_.best_so_far is not None else math.inf
+    ensure_writable(plan_.run_dir / "checkpoints")
+    use_fast_kernels(plan_.knobs.threads)
+    L.seed_everything(plan_.knobs.seed, workers=True, verbose=False)
+    module, callbacks = build(plan_, cfg)
+    announce(plan_, cfg, module, datamodule)
+    run_dir, interrupt = plan_.run_dir, next((c for c in callbacks if isinstance(c, GracefulInterrupt)), None)
+    with hold_run_folder(run_dir) if is_rank_zero() else contextlib.nullcontext():  # one lock per run
+        trainer = build_trainer(cfg, callbacks=callbacks, logger=instantiate(cfg.logger))
+        start_time = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan_.ckpt_file) if plan_.ckpt_file else None)
+        except StopNow as stop:
+            raise Interrupted(f"{signal.Signals(stop.signum).name} again: stopped at once; {run_dir / 'checkpoints'} "
+                              f"holds the last saved step; resume with the same arguments plus ckpt_path={run_dir}",
+                              128 + stop.signum) from None
+        seconds = time.perf_counter() - start_time
+        if not trainer.is_global_zero:
+            return math.inf
+        interrupted = interrupt is not None and interrupt.saved_at is not None
+        best = report_run(plan_, cfg, trainer, module, seconds, interrupted)
+    if interrupted:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
+        raise Interrupted(f"{signal.Signals(interrupt.signum).name}: saved {run_dir / 'checkpoints' / 'last.ckpt'} "
+                          f"at step {interrupt.saved_at}; resume with the same arguments plus ckpt_path={run_dir}",
+                          128 + interrupt.signum)
+    return best
+
+
+def cpu_processes(cfg: DictConfig) -> int:
+    """Training processes sharing this machine's RAM: DDP on the CPU runs one per device."""
+    devices = cfg.trainer.devices
+    return devices if training_device(cfg) == "cpu" and isinstance(devices, int) else 1
+
+
+def final_state(trainer: L.Trainer, module: LanguageModel, run_dir: Path) -> tuple[int, dict | None, int | None]:
+    """(global step, best validation {"loss", "step"}, tokens trained on if counted) as last.ckpt holds them.
+    Read from disk because with ddp_spawn the training ran in child processes and this process's trainer
+    and module never advanced."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return trainer.global_step, module.best_val, None
+    checkpoint = read_checkpoint(last)
+    return int(checkpoint["global_step"]), checkpoint.get(BEST_KEY), checkpoint.get(TOKENS_KEY)
+
+
+def run_settings(plan: Plan, cfg: DictConfig) -> dict:
+    """A run's settings as flat plain values, for comparing runs by them (TensorBoard's HParams): only
+    those that apply to its model and optimizer."""
+    settings = {"model": plan.model["name"], **{f"model.{k}": v for k, v in plan.model.items() if k != "name"}}
+    for key in ("lr", "batch_size", "block_size", "max_steps", "seed"):
+        settings[key] = getattr(plan.knobs, key)
+    settings |= {f"optimizer.{k}": v for k, v in plan.optimizer.items()}
+    settings |= {"data.path": cfg.data.path, "data.vocab": cfg.data.vocab, "precision": str(cfg.trainer.precision)}
+    plain = (bool, int, float, str)
+    return {k: v if isinstance(v, plain) else str(v) for k, v in settings.items()}
+
+
+def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: LanguageModel, seconds: float,
+               interrupted: bool) -> float:
+    """Write summary.json, the HParams entry, and print the end-of-run summary with a sample from the best
+    checkpoint."""
+    run_dir, knobs, n_params = plan.run_dir, plan.knobs, count_parameters(module.model)
+    step, best, total_tokens = final_state(trainer, module, run_dir)
+    best_loss = best["loss"] if best else math.nan
+    best_path = find_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
+    best_path = str(best_path) if best_path and best_path.name.startswith("best") else ""
+    tokens_per_step = trainer.accumulate_grad_batches * knobs.batch_size * knobs.block_size * trainer.world_size
+    tokens = (step - plan.start_step) * tokens_per_step  # this call's; total_tokens spans resumes at other batch sizes
+    status = "interrupted" if interrupted else "finished" if step >= knobs.max_steps else "stopped early"
+    summary = {
+        "name": knobs.name, "model": plan.model["name"], "seed": knobs.seed, "parameters": n_params, "steps": step,
+        "tokens": step * tokens_per_step if total_tokens is None else int(total_tokens),
+        "best_val_loss": best_loss, "best_val_bpc": best_loss / math.log(2), "best_step": best and best["step"],
+        "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path, "status": status,
+        "optimizer": plan.optimizer["name"], "muon_dtype": plan.optimizer.get("muon_dtype"),
+    }
+    atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
+    results = {"hparams/best_val_loss": best_loss, "hparams/best_val_bpc": summary["best_val_bpc"],
+               "hparams/parameters": n_params, "hparams/tokens_per_s": summary["tokens_per_s"]}
+    for logger in trainer.loggers:  # TensorBoard's HParams tab: every run of a sweep side by side
+        logger.log_hyperparams(run_settings(plan, cfg), {k: v for k, v in results.items() if math.isfinite(v)})
+        if isinstance(logger, RunLogger):
+            logger.close()
+    sample = ""
+    if best_path:
+        sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
+        best_model = load_model(best_path)
+        with TorchRunner(best_model.model) as runner:
+            sample = sample_text(runner, best_model.vocab, sampler.prompt_for(best_model.vocab),
+                                 max(sampler.num_tokens, 200), temperature=sampler.temperature,
+                                 rng=np.random.default_rng(sampler.seed))
+    metrics = trainer.callback_metrics
+    say("\n".join([
+        f"trained {step - plan.start_step} steps, {tokens:,} tokens in {seconds:.1f} s: "
+        f"{tokens / seconds:,.0f} tokens/s (validation included)",
+        f"final train/loss {float(metrics.get('train/loss', math.nan)):.4f}, "
+        f"val/loss {float(metrics.get('val/loss', math.nan)):.4f}, best val/loss {best_loss:.4f}"
+        + (f" at step {best['step']}" if best else ""),
+        f"best checkpoint: {best_path or '-'}",
+        "sample:", sample,
+        "", *next_commands(run_dir),
+    ]))
+    return best_loss if not math.isnan(best_loss) else math.inf
+
+
+def next_commands(run_dir: Path) -> list[str]:
+    """What to do with a finished run, ready to paste: sample, score, look (a sweep: all its runs)."""
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    logdir, ckpt = shlex.quote(str(HydraConfig.get().sweep.dir if sweep else run_dir)), shlex.quote(f"ckpt={run_dir}")
+    return ["next:", f"  python sample.py {ckpt}", f"  python evaluate.py {ckpt}", f"  tensorboard --logdir {logdir}"]
+
