@@ -11,17 +11,25 @@ from dataclasses import asdict, dataclass
 from charlm.core.checks import check_knobs, knob
 from charlm.core.errors import CharLMError
 
-DROPOUT = {"low": 0, "high": 1, "high_open": True}
+
+@dataclass
+class SharedKnobs:
+    """What every model family has, under the same names."""
+
+    vocab_size: int = knob(65, "symbols in the vocabulary (set from the data, not a knob)")
+    block_size: int = knob(32, "longest context the position table covers")
+    n_layer: int = knob(4, "blocks")
+    n_embd: int = knob(64, "width: of the residual stream (GPT), of the embeddings and every block (CNN)")
+    dropout: float = knob(0.0, "dropout on embeddings and block outputs (GPT: and attention)", high=1,
+                          high_open=True)
+
+    def __post_init__(self):
+        check_knobs(self)
 
 
 @dataclass
-class GPTConfig:
-    vocab_size: int = knob(65, "symbols in the vocabulary (set from the data, not a knob)")
-    block_size: int = knob(32, "longest context the position table covers")
-    n_layer: int = knob(4, "transformer blocks")
+class GPTConfig(SharedKnobs):
     n_head: int = knob(4, "attention heads per block (n_embd must divide by it)")
-    n_embd: int = knob(64, "width of the residual stream")
-    dropout: float = knob(0.0, "dropout on embeddings, attention and block outputs", **DROPOUT)
     activation: str = knob("relu", "relu | gelu | relu2 (ReLU squared) | swiglu (gated, 8/3 x n_embd wide)",
                            choices=("gelu", "relu", "relu2", "swiglu"))
     bias: bool = knob(True, "biases in linear layers and LayerNorms")
@@ -46,7 +54,7 @@ class GPTConfig:
         return round(8 * self.n_embd / 3) if self.activation == "swiglu" else 4 * self.n_embd
 
     def __post_init__(self):
-        check_knobs(self)
+        super().__post_init__()
         if self.n_embd % self.n_head:
             raise CharLMError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
@@ -54,18 +62,10 @@ class GPTConfig:
 
 
 @dataclass
-class CNNConfig:
-    vocab_size: int = knob(65, "symbols in the vocabulary (set from the data, not a knob)")
-    block_size: int = knob(32, "longest context the position table covers")
-    n_layer: int = knob(4, "convolution blocks")
-    n_embd: int = knob(64, "channels of the embeddings and of every block (the residual adds them)")
+class CNNConfig(SharedKnobs):
     kernel_size: int = knob(3, "taps of each dilated convolution", low=2)
     dilation_cycle: int = knob(4, "k > 0: dilations 1, 2, ..., 2^(k-1), then again | 0: 1, 2, 4, ... per layer",
                                low=0)
-    dropout: float = knob(0.0, "dropout on embeddings and block outputs", **DROPOUT)
-
-    def __post_init__(self):
-        check_knobs(self)
 
     @property
     def dilations(self) -> list[int]:
