@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, TINY_CNN, TINY_RUN, run_script
+from conftest import TINY, TINY_CNN, TINY_RUN, run_script, sample_in_process
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -93,6 +93,7 @@ def test_a_run_stopped_by_max_time_ends_validated(train_here):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped early" and 0 < summary["steps"] < 1_000_000 and summary["wall_time_s"] < 60
     assert lightning_step_of_last_checkpoint(run_dir) == summary["steps"] == validated_steps(run_dir)[-1]
+    assert len(sample_in_process(run_dir)) == 1 + 20 + 1  # the prompt, 20 characters, a newline
 
 
 def test_early_stopping_ends_a_run_that_stopped_improving(train_here):
@@ -101,6 +102,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(train_here):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped early" and summary["steps"] == 15  # checks at 5, 10, 15: no gain after 5
     assert lightning_step_of_last_checkpoint(run_dir) == 15 and validated_steps(run_dir) == [5, 10, 15]
+    assert len(sample_in_process(run_dir)) == 1 + 20 + 1
 
 
 @pytest.mark.parametrize("override", ["data.block_size=48", "model.block_size=48", "block_size=48"])

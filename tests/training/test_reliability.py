@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, train_in_process
+from conftest import ROOT, TINY, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.core.errors import CharLMError
@@ -142,6 +142,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     assert summary["status"] == "interrupted"
     [best] = (run_dir / "checkpoints").glob("best-*.ckpt")  # the stop was validated, so it may be the best
     assert step_losses(run_dir)  # and the run's log has its steps
+    assert len(sample_in_process(run_dir)) == 1 + 20 + 1  # and it samples
 
 
 def test_a_second_ctrl_c_stops_at_once_with_status_130(tmp_path):
