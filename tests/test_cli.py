@@ -194,10 +194,26 @@ CONFIG_ERRORS = {  # caught while Hydra composes the config, before torch loads
 }
 
 
+CONFIG_ERRORS_ELSEWHERE = {
+    "sample.py seed=abc": "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to "
+                          "Integer",
+    "evaluate.py data.train_fraction=abc": "Error merging override data.train_fraction=abc: Value 'abc' of type 'str' "
+                                           "could not be converted to Float",
+    "evaluate.py stides=3": "stides is not a setting (--help lists them; +stides=VALUE adds a new key)",
+}
+
+
 @pytest.mark.parametrize("overrides", list(CONFIG_ERRORS))
 def test_keys_and_types_the_schema_refuses_get_one_line(tmp_path, overrides):
     result = run_script("train.py", *overrides.split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert (result.returncode, result.stderr) == (2, f"error: {CONFIG_ERRORS[overrides]}\n")
+
+
+@pytest.mark.parametrize("command", list(CONFIG_ERRORS_ELSEWHERE))
+def test_sample_and_evaluate_schemas_refuse_in_one_line_too(command):
+    script, *overrides = command.split()
+    result = run_script(script, *overrides)
+    assert (result.returncode, result.stderr) == (2, f"error: {CONFIG_ERRORS_ELSEWHERE[command]}\n")
 
 
 def sweep(tmp_path, *args):

@@ -185,7 +185,7 @@ def compose_sample(*overrides: str):
 
 
 BAD_SAMPLING = {
-    "seed=abc": r"seed must be an integer from 0 to 4294967295 or null, got 'abc'",
+    "seed=-1": r"seed must be an integer from 0 to 4294967295 or null, got -1",
     "temperature=nan": r"temperature must be a finite number >= 0, got nan",
     "device=foo": r"device must be a torch device such as cpu or cuda, got 'foo'",
     "top_k=0": r"top_k must be a positive integer or null, got 0",

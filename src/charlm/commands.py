@@ -41,11 +41,13 @@ def train_main() -> None:
 
 
 def sample_main() -> None:
+    prepare_hydra()
     run_cli(take_prompt_arguments)  # prompts as the shell passed them, before Hydra's grammar sees them
     hydra_main(run_sample)
 
 
 def evaluate_main() -> None:
+    prepare_hydra()
     hydra_main(run_evaluate)
 
 

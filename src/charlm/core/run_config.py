@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from charlm.core import checks
 from charlm.core.checks import check_knobs, knob
 from charlm.core.errors import CharLMError
+from charlm.core.inference_config import EvaluateConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
 from charlm.core.vocab import MODES
 
@@ -134,11 +135,15 @@ def model_schema(family: str) -> type:
     return make_dataclass(f"{family.upper()}Schema", [("name", str, field(default=family)), *specs])
 
 
-def knob_help() -> str:
-    """Every knob of the schemas with its type, default and doc, for `train.py --help`."""
-    sections = [("top level", "", RunKnobs), ("optimizer=adamw|muon", "optimizer.", OptimizerConfig),
-                ("data", "data.", DataConfig)]
-    sections += [(f"model={family}", "model.", cls) for family, cls in MODEL_CONFIGS.items()]
+def knob_help(command: str = "train") -> str:
+    """Every knob of a command's schemas with its type, default and doc, for its `--help`."""
+    sections = {"sample": [("options", "", SampleConfig)],
+                "evaluate": [("options", "", EvaluateConfig), ("data (null: as the run recorded it)", "data.",
+                                                               RecordedData)]}.get(command)
+    if sections is None:
+        sections = [("top level", "", RunKnobs), ("optimizer=adamw|muon", "optimizer.", OptimizerConfig),
+                    ("data", "data.", DataConfig)]
+        sections += [(f"model={family}", "model.", cls) for family, cls in MODEL_CONFIGS.items()]
     lines = []
     for title, prefix, cls in sections:
         lines.append(f"{title}:")
@@ -157,6 +162,8 @@ def register_schemas() -> None:
     """Put the schemas in Hydra's ConfigStore, where the YAML presets name them in their defaults."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
+    store.store(name="sample_schema", node=SampleConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="optimizer", name="schema", node=OptimizerConfig)
     store.store(group="data", name="schema", node=DataConfig)
     for family in MODEL_CONFIGS:

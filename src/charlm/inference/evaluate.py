@@ -9,21 +9,21 @@ with up to block_size characters of context: a lower, context-rich number, repor
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from charlm.core import checks
 from charlm.core.corpus import ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
+from charlm.core.inference_config import EvaluateConfig
 from charlm.core.run_config import DataConfig
-from charlm.core.vocab import MODES
-from charlm.inference.blocks import RECORDED, SPLITS, BlockDataset, evaluation_offsets, split_bounds
+from charlm.inference.blocks import RECORDED, BlockDataset, evaluation_offsets, split_bounds
 from charlm.inference.checkpoint import find_checkpoint, load_model, newest_run
 from charlm.inference.torch_runner import check_device
 
@@ -101,16 +101,11 @@ def split_ids(loaded, data: dict, split: str, other_text: str = "data.path=PATH"
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    checks.choice("split", cfg.split, SPLITS[1:])
-    checks.integer("stride", cfg.stride, nullable=True)
-    checks.integer("batch_size", cfg.batch_size)
-    checks.text("device", cfg.device)
+    cfg = EvaluateConfig(**OmegaConf.to_container(cfg, resolve=True))  # every option checked
     check_device("device", cfg.device)
-    if cfg.data.vocab is not None:
-        checks.choice("data.vocab", cfg.data.vocab, MODES)
-    file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
+    file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs"))
     loaded = load_model(file)
-    ids, source = split_ids(loaded, data_settings(loaded.data, dict(cfg.data)), cfg.split)
+    ids, source = split_ids(loaded, data_settings(loaded.data, asdict(cfg.data)), cfg.split)
     block_size = loaded.model.block_size
     if cfg.stride is not None and cfg.stride > block_size:
         raise CharLMError(f"stride must be at most block_size ({block_size}), got {cfg.stride}")

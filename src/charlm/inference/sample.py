@@ -7,30 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from charlm.core import checks
 from charlm.core.errors import CharLMError
 from charlm.core.generation import generate
-
-BACKENDS = ("auto", "torch", "numpy")
-
-
-def check_sample_config(cfg: DictConfig) -> None:
-    checks.choice("backend", cfg.backend, BACKENDS)
-    checks.text("ckpt", cfg.ckpt, nullable=True)
-    checks.integer("num_tokens", cfg.num_tokens, low=0)
-    checks.integer("num_samples", cfg.num_samples)
-    checks.number("temperature", cfg.temperature, 0)
-    checks.integer("top_k", cfg.top_k, nullable=True)
-    checks.number("top_p", cfg.top_p, 0, 1, low_open=True, nullable=True)
-    checks.seed("seed", cfg.seed, nullable=True)
-    checks.boolean("compile", cfg.compile)
-    checks.text("device", cfg.device)
-    if cfg.compile and cfg.backend == "numpy":
-        raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
-    if cfg.prompt is not None and (not isinstance(cfg.prompt, str) or not cfg.prompt):
-        raise CharLMError("prompt must contain at least one character")
+from charlm.core.inference_config import SampleConfig
 
 
 def open_model(cfg: DictConfig):
@@ -53,7 +34,7 @@ def open_model(cfg: DictConfig):
     from charlm.inference.torch_runner import TorchRunner, check_device
 
     check_device("device", cfg.device)
-    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths.root) / "runs"))
+    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs"))
     if numpy_engine and loaded.model_config["name"] == "gpt" and loaded.quantization is None:
         from charlm.inference.numpy_gpt import NumpyGPT
 
@@ -63,7 +44,7 @@ def open_model(cfg: DictConfig):
 
 
 def sample(cfg: DictConfig) -> None:
-    check_sample_config(cfg)
+    cfg = SampleConfig(**OmegaConf.to_container(cfg, resolve=True))  # every option checked
     runner, vocab, what = open_model(cfg)
     print(f"sampling from {what}", file=sys.stderr, flush=True)
     prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
