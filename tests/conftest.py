@@ -68,16 +68,16 @@ def train_in_process(run_dir: Path, *overrides: str) -> float:
         HydraConfig.instance().cfg = None
 
 
-def sample_in_process(run_dir: Path, num_tokens: int = 20) -> str:
-    """What `python sample.py ckpt=RUN_DIR num_tokens=N prompt=T seed=0` prints, run in this process."""
+def sample_in_process(run_dir: Path, num_tokens: int = 20, prompt: str = "T") -> str:
+    """What `python sample.py ckpt=RUN_DIR num_tokens=N prompt=TEXT seed=0` prints, run in this process."""
     import contextlib
     import io
 
     from charlm.inference.sample import sample
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="sample", overrides=[f"ckpt={run_dir}", f"num_tokens={num_tokens}", "prompt=T",
-                                                      "seed=0"])
+        cfg = compose(config_name="sample", overrides=[f"ckpt={run_dir}", f"num_tokens={num_tokens}",
+                                                      f"prompt={prompt}", "seed=0"])
     with contextlib.redirect_stdout(io.StringIO()) as out:
         sample(cfg)
     return out.getvalue()

@@ -5,11 +5,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, run_script, sample_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from charlm.core.prompts import hydra_quoted
+from charlm.core.errors import CharLMError
+from charlm.core.prompts import hydra_quoted, take_prompt_arguments
 
 TRICKY = ["To be, or not", "RÖMEO 🌹: é", "朱丽叶, (hark)! = 'x'", "a\\b ${x} \\'", "[1,2] {a: b} ~x %s"]
 
@@ -47,10 +48,11 @@ def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
     from_stdin = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"ckpt={polyglot_run}", "prompt=-",
                                  "num_tokens=5"], input="朱丽叶", capture_output=True, text=True, timeout=120)
     assert from_stdin.returncode == 0 and from_stdin.stdout.startswith("朱丽叶")
-    unknown = run_script("sample.py", f"ckpt={polyglot_run}", "prompt=Zebra", "num_tokens=5")
-    assert unknown.returncode == 2 and "not in the model's vocabulary: 'Z'" in unknown.stderr
-    missing = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt_file={tmp_path / 'none.txt'}")
-    assert missing.returncode == 2 and "prompt_file not found" in missing.stderr and "Traceback" not in missing.stderr
+    # the errors, in this process (that every entry point's errors are one line: test_reliability.py)
+    with pytest.raises(CharLMError, match="not in the model's vocabulary: 'Z'"):
+        sample_in_process(polyglot_run, prompt="Zebra")
+    with pytest.raises(CharLMError, match="prompt_file not found"):
+        take_prompt_arguments(["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
 
 
 def hparams_of(run_dir) -> tuple[dict, set]:

@@ -1,13 +1,13 @@
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_script
+from conftest import TINY, sample_in_process
 
 from charlm.core.corpus import resolve_path
+from charlm.core.errors import CharLMError
 from charlm.core.generation import generate
+from charlm.inference import quantize
 from charlm.inference.checkpoint import load_model
 from charlm.inference.torch_runner import TorchRunner
 from charlm.models import build_model
@@ -44,7 +44,7 @@ def test_quantized_models_stay_close_and_keep_their_cache(name):
     assert cached == [int(t[0]) for t in generate(runner, prompt, 20, temperature=0, use_cache=False)]
 
 
-def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here, tmp_path):
+def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here, tmp_path, capsys):
     """Like evaluate.py: the validation split of the text the run recorded (here not Tiny Shakespeare's
     default split), so the float32 loss is the run's own best val loss; the int8 file keeps those data
     settings, and nothing is written but --out."""
@@ -54,11 +54,11 @@ def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here
                            "data.train_fraction=0.8", run_dir=tmp_path / "run")
     before = sorted(p for p in tmp_path.rglob("*"))
     out = tmp_path / "tiny.int8.pt"
-    result = subprocess.run([sys.executable, "-m", "charlm", "quantize", str(run), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert f"scoring the validation split of {text} (12,000 tokens)" in result.stderr
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+    capsys.readouterr()
+    quantize.main([str(run), "--out", str(out)])  # (its command line: tests/training/test_reliability.py)
+    printed = capsys.readouterr()
+    assert f"scoring the validation split of {text} (12,000 tokens)" in printed.err
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in printed.out.splitlines()
             if line.startswith("| float32") or line.startswith("| int8")}
     float_loss, int8_loss = float(rows["float32"][2]), float(rows["int8"][2])
     assert float_loss == pytest.approx(best, abs=1e-4)  # printed to 4 decimals
@@ -69,8 +69,6 @@ def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here
     assert loaded.quantization["scheme"] == "int8-weight-only-per-channel"
     assert loaded.data["path"] == str(text) and loaded.data["train_fraction"] == 0.8
     assert loaded.model.blocks[0].attn.qkv.qweight.dtype == torch.int8
-    sampled = run_script("sample.py", f"ckpt={out}", "num_tokens=30", "seed=0")
-    assert sampled.returncode == 0 and len(sampled.stdout) == 32
-
-    again = subprocess.run([sys.executable, "-m", "charlm", "quantize", str(out)], capture_output=True, text=True)
-    assert again.returncode == 2 and "already quantized" in again.stderr
+    assert len(sample_in_process(out, num_tokens=30)) == 1 + 30 + 1  # it samples
+    with pytest.raises(CharLMError, match="already quantized"):
+        quantize.main([str(out)])
