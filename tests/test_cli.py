@@ -5,6 +5,8 @@ import json
 import logging
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,3 +297,12 @@ def test_profiler_knob_prints_lightning_hook_timings(train_here, caplog):
     caplog.set_level(logging.INFO)
     train_here(*TINY, "max_steps=10", "eval_interval=10", "trainer.profiler=simple")
     assert "FIT Profiler Report" in caplog.text and "run_training_batch" in caplog.text
+
+
+def test_a_reader_that_stops_reading_is_not_an_error():
+    """`sample.py | head -c 100`: the pipe closes under the writer; every entry point runs in run_cli."""
+    writer = ("from charlm.core.cli import run_cli; "
+              "run_cli(lambda: [print('x' * 1000, flush=True) for _ in range(1000)])")
+    result = subprocess.run(["bash", "-c", f'"{sys.executable}" -c "{writer}" | head -c 100 > /dev/null; '
+                                           'echo "${PIPESTATUS[0]}"'], capture_output=True, text=True, timeout=60)
+    assert (result.stdout, result.stderr) == ("0\n", "")

@@ -82,6 +82,9 @@ def run_cli(task: Callable, *args):
         print(f"interrupted: {stop}", file=sys.stderr, flush=True)
         log.warning(f"interrupted: {stop}")
         sys.exit(stop.exit_code)
+    except BrokenPipeError:  # the reader stopped reading (`sample.py | head`): nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        sys.exit(0)
     except KeyboardInterrupt:  # Ctrl-C where nothing was running that could save
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGINT)

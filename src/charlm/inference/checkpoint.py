@@ -31,6 +31,12 @@ def newest_run(runs_dir: Path, holding: str = "checkpoints") -> Path:
     return runs[-1]
 
 
+def best_checkpoint(folder: Path) -> Path | None:
+    """The newest best*.ckpt in a run's checkpoints folder, if there is one."""
+    best = sorted(Path(folder).glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return best[-1] if best else None
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""
     path = Path(path).expanduser()
@@ -39,9 +45,8 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1]
+    if best := best_checkpoint(folder):
+        return best
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
     raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}")

@@ -24,7 +24,7 @@ from charlm.core.generation import sample_text
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
 from charlm.core.vocab import Vocabulary
-from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, find_checkpoint, load_model, read_checkpoint
+from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, best_checkpoint, load_model, read_checkpoint
 from charlm.inference.torch_runner import TorchRunner
 from charlm.models import count_parameters
 from charlm.training.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
@@ -208,8 +208,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     run_dir, knobs, n_params = plan.run_dir, plan.knobs, count_parameters(module.model)
     step, best, total_tokens = final_state(trainer, module, run_dir)
     best_loss = best["loss"] if best else math.nan
-    best_path = find_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
-    best_path = str(best_path) if best_path and best_path.name.startswith("best") else ""
+    best_path = str(best_checkpoint(run_dir / "checkpoints") or "")
     tokens_per_step = trainer.accumulate_grad_batches * knobs.batch_size * knobs.block_size * trainer.world_size
     tokens = (step - plan.start_step) * tokens_per_step  # this call's; total_tokens spans resumes at other batch sizes
     status = "interrupted" if interrupted else "finished" if step >= knobs.max_steps else "stopped early"
@@ -220,9 +219,10 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path, "status": status,
         "optimizer": plan.optimizer["name"], "muon_dtype": plan.optimizer.get("muon_dtype"),
     }
-    atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
     results = {"hparams/best_val_loss": best_loss, "hparams/best_val_bpc": summary["best_val_bpc"],
                "hparams/parameters": n_params, "hparams/tokens_per_s": summary["tokens_per_s"]}
+    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}  # JSON
+    atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
     for logger in trainer.loggers:  # TensorBoard's HParams tab: every run of a sweep side by side
         logger.log_hyperparams(run_settings(plan, cfg), {k: v for k, v in results.items() if math.isfinite(v)})
         if isinstance(logger, RunLogger):
