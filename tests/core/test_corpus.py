@@ -93,9 +93,11 @@ def test_an_unwritable_cache_folder_falls_back_to_memory_with_a_warning(tmp_path
     blocker.write_text("not a folder")
     path = tmp_path / "t.txt"
     path.write_text("abc\n" * 100)
-    corpus = load_corpus(str(path), "chars", blocker / "cache")
-    assert corpus.cache_file is None and corpus.vocab.decode(corpus.tokens.tolist()) == path.read_text()
-    assert "warning: cannot write the token cache" in capsys.readouterr().err
+    for cache_dir in (blocker / "cache", blocker):  # below a file, or the file itself
+        corpus = load_corpus(str(path), "chars", cache_dir)
+        assert corpus.cache_file is None and corpus.vocab.decode(corpus.tokens.tolist()) == path.read_text()
+        assert (f"warning: cannot write the token cache in {cache_dir} ({blocker} is a file, not a folder); "
+                "encoding into memory instead") in capsys.readouterr().err
 
 
 def test_the_cache_index_finds_a_corpus_without_reading_it(tmp_path):

@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT, TINY, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charlm.core.atomic import hold_run_folder
 from charlm.core.errors import CharLMError
 from charlm.training.callbacks import GracefulInterrupt
 from charlm.training.lightning_module import LanguageModel
@@ -123,8 +124,11 @@ def test_killing_a_checkpoint_write_never_corrupts_the_file(tmp_path):
         assert torch.equal(checkpoint["weights"], torch.full((15_000_000,), float(checkpoint["version"])))
     writers.stdin.close()
     assert writers.wait(timeout=30) == 0
-    for leftover in tmp_path.glob(".*.tmp"):  # temp files of killed writes never replace the target
-        leftover.unlink()
+    # Temp files of killed writes never replace the target; the next run to hold the folder removes them.
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".last.ckpt.999.tmp").write_bytes(b"half")
+    with hold_run_folder(tmp_path):
+        assert list(tmp_path.rglob(".*.tmp")) == [] and target.is_file()
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):

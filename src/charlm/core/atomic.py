@@ -74,6 +74,8 @@ def hold_run_folder(run_dir: Path) -> Iterator[None]:
         lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
+        for stale in [*Path(run_dir).glob(".*.tmp"), *Path(run_dir).glob("checkpoints/.*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a write that was killed: no live run holds the folder now
         try:
             yield
         finally:

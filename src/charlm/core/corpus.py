@@ -239,7 +239,9 @@ def load_corpus(path: str | None, mode: str = "chars", cache_dir: str | Path | N
     try:
         corpus = cache.store(source, key, mode, stat)
     except OSError as err:
-        print(f"warning: cannot write the token cache in {cache.folder} ({err.strerror or err}); "
+        blocking = next((p for p in (cache.folder, *cache.folder.parents) if p.is_file()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else err.strerror or err
+        print(f"warning: cannot write the token cache in {cache.folder} ({why}); "
               "encoding into memory instead (set data.cache_dir to a writable folder)", file=sys.stderr, flush=True)
         vocab, tokens = encode(source, mode, None)
         return Corpus(tokens, vocab, source, None)
