@@ -10,6 +10,7 @@ from omegaconf import open_dict
 
 from charlm.core.cli import prepare_hydra
 
+prepare_hydra()  # the schemas and resolvers every composed config needs, whichever test composes first
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "charlm" / "conf"
 

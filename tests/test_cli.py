@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_usability import hparams_of
 
 from charlm.core.errors import CharLMError
+from charlm.core.prompts import take_text_arguments
 from charlm.inference.sample import sample
 
 
@@ -229,10 +230,17 @@ def report_rows(folder):
 
 
 def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
-    result = sweep(tmp_path, "model=cnn,gpt")
+    result = sweep(tmp_path, "model=cnn,gpt", f"paths.root={tmp_path.parent / 'elsewhere'}")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert len(jobs) == 2 and jobs[0].startswith("0_") and "model=cnn" in jobs[0] and "model=gpt" in jobs[1]
+    assert "paths.root" not in jobs[0]  # its slashes would nest folders
+    # the commands the run prints work when pasted: the job folder's '=' and ',' stay part of the path
+    [pasted] = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("  python sample.py")][:1]
+    argv = ["sample.py", pasted]
+    take_text_arguments(("ckpt", "data.path"), argv)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert compose(config_name="sample", overrides=argv[1:]).ckpt == str(tmp_path / jobs[0])
     rows = report_rows(tmp_path)
     assert [row["model"] for row in rows] == ["cnn", "gpt"]
     for row in rows:

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from charlm.core.errors import CharLMError
-from charlm.core.prompts import hydra_quoted, take_prompt_arguments
+from charlm.core.prompts import hydra_quoted, take_text_arguments
 
 TRICKY = ["To be, or not", "RÖMEO 🌹: é", "朱丽叶, (hark)! = 'x'", "a\\b ${x} \\'", "[1,2] {a: b} ~x %s"]
 
@@ -52,7 +52,7 @@ def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
     with pytest.raises(CharLMError, match="not in the model's vocabulary: 'Z'"):
         sample_in_process(polyglot_run, prompt="Zebra")
     with pytest.raises(CharLMError, match="prompt_file not found"):
-        take_prompt_arguments(["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
+        take_text_arguments((), ["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
 
 
 def hparams_of(run_dir) -> tuple[dict, set]:

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.core.cli import hydra_main, prepare_hydra, run_cli
-from charlm.core.prompts import take_prompt_arguments
+from charlm.core.prompts import take_text_arguments
 
 CONFIG = "pkg://charlm.conf"
 
@@ -37,17 +37,19 @@ def run_evaluate(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     prepare_hydra()
+    run_cli(take_text_arguments, ("ckpt_path", "init_from"))  # paths as the shell passed them, before Hydra
     hydra_main(run_train)
 
 
 def sample_main() -> None:
     prepare_hydra()
-    run_cli(take_prompt_arguments)  # prompts as the shell passed them, before Hydra's grammar sees them
+    run_cli(take_text_arguments, ("ckpt", "data.path"))  # prompts and paths as the shell passed them
     hydra_main(run_sample)
 
 
 def evaluate_main() -> None:
     prepare_hydra()
+    run_cli(take_text_arguments, ("ckpt", "data.path"))
     hydra_main(run_evaluate)
 
 

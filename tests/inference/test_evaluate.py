@@ -91,3 +91,18 @@ def test_a_fine_tuned_model_is_scored_on_the_text_it_was_tuned_on(trained_run, t
     results = evaluate(compose_named("evaluate", f"ckpt={tuned}"))
     assert results["tokens"] == len(sonnet.read_text()) - int(len(sonnet.read_text()) * 0.9)
     assert results["blocks"]["loss"] == pytest.approx(best, abs=1e-5)  # the run's own number
+
+
+HELD_OUT = [  # (overrides, the error)
+    (["data.test_fraction=nan", "split=test"], r"data.test_fraction must be a finite number in \[0, 1\) or null"),
+    (["data.test_fraction=0.5", "split=test"], r"data.train_fraction \(0.9\) \+ data.test_fraction \(0.5\) must be "
+                                               r"below 1"),
+    (["data.train_fraction=0.1"], r"that val split starts 10% into .*tinyshakespeare.txt, inside the first 90% "
+                                  r"this run trained on"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), HELD_OUT)
+def test_evaluate_checks_data_settings_as_train_does_and_scores_only_held_out_text(trained_run, overrides, message):
+    with pytest.raises(CharLMError, match=f"^{message}"):
+        evaluate(compose_named("evaluate", f"ckpt={trained_run}", *overrides))

@@ -1,9 +1,11 @@
-"""Prompts as people type them.
+"""Prompts and paths as people type them.
 
 Hydra's override grammar rejects most text as a bare value (spaces, commas, '=', quotes, brackets,
-letters beyond ASCII), so before Hydra parses sample.py's command line, `prompt=TEXT` (any text the
-shell passed), `prompt_file=PATH` (a UTF-8 file) and `prompt=-` (standard input) become one quoted
-override holding exactly that text. Everything else keeps Hydra's grammar.
+letters beyond ASCII), so before Hydra parses a command line, `prompt=TEXT` (any text the shell
+passed), `prompt_file=PATH` (a UTF-8 file) and `prompt=-` (standard input) become one quoted override
+holding exactly that text, and so do the paths to checkpoints and texts each command names: a sweep's
+job folder such as `0_model=cnn,n_embd=16` pastes as it is. Everything else keeps Hydra's grammar
+(train.py's `data.path=a.txt,b.txt` stays a sweep over two files).
 """
 
 import re
@@ -37,9 +39,12 @@ def prompt_text(argument: str) -> str:
         raise CharLMError(f"cannot read prompt_file {path}: {err.strerror}") from None
 
 
-def take_prompt_arguments(argv: list[str] | None = None) -> None:
-    """Rewrite `prompt=...` and `prompt_file=...` in sys.argv (or `argv`) in place, as described above."""
+def take_text_arguments(paths: tuple[str, ...], argv: list[str] | None = None) -> None:
+    """Rewrite prompts and the `paths` keys in sys.argv (or `argv`) in place, as described above."""
     argv = sys.argv if argv is None else argv
     for i, argument in enumerate(argv[1:], start=1):
-        if argument.startswith(("prompt=", "prompt_file=")):
+        key, _, value = argument.partition("=")
+        if key in ("prompt", "prompt_file"):
             argv[i] = f"prompt={hydra_quoted(prompt_text(argument))}"
+        elif key in paths and value and value != "null" and not value.startswith(("'", '"')):
+            argv[i] = f"{key}={hydra_quoted(value)}"

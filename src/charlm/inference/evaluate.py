@@ -75,6 +75,7 @@ def data_settings(recorded: dict | None, overrides: dict) -> dict:
     if recorded:
         settings |= {key: recorded[key] for key in RECORDED if key in recorded}
     settings |= {key: value for key, value in overrides.items() if value is not None}
+    DataConfig(**settings)  # checked as train.py checks them: validation must keep some text
     return settings
 
 
@@ -90,6 +91,11 @@ def split_ids(loaded, data: dict, split: str, other_text: str = "data.path=PATH"
     if split == "test" and not data["test_fraction"]:
         raise CharLMError("this run has no test split (data.test_fraction was 0); score split=val, or give "
                           "data.test_fraction=F to cut one from the text")
+    trained = loaded.data or {}  # the run's own text and cut, where its checkpoint records them
+    first = data["train_fraction"] if split == "val" else 1 - data["test_fraction"]
+    if trained and resolve_path(trained["path"]) == corpus.source and first < trained["train_fraction"]:
+        raise CharLMError(f"that {split} split starts {first:.0%} into {corpus.source}, inside the first "
+                          f"{trained['train_fraction']:.0%} this run trained on; held-out text starts there or later")
     start, end = split_bounds(len(corpus.tokens), data["train_fraction"], data["test_fraction"])[split]
     ids = ids_in(corpus.tokens[start:end], corpus.vocab, loaded.vocab, str(corpus.source),
                  f"; give the text the model was trained on with {other_text}")  # fine-tuned: its text's subset
