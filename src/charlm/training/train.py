@@ -65,7 +65,7 @@ class Plan:
         return self.ckpt_file is not None and self.start_step >= self.knobs.max_steps
 
 
-def plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
+def make_plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
     """The run's plan, and its data read and checked (the vocabulary comes from the text). It finishes
     the composed config (copies handed to their owners); nothing changes `cfg` after it."""
     sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -138,22 +138,22 @@ def announce(plan: Plan, cfg: DictConfig, module: LanguageModel, datamodule: Cha
 def train(cfg: DictConfig) -> float:
     """Train as configured, in four steps: plan, build, fit, report. Returns the best validation loss
     (what a sweeper minimises)."""
-    plan_, datamodule = plan(cfg)
-    if plan_.finished:
-        say(f"{plan_.ckpt_file} is already at step {plan_.start_step}, and max_steps is {plan_.knobs.max_steps}: "
+    plan, datamodule = make_plan(cfg)
+    if plan.finished:
+        say(f"{plan.ckpt_file} is already at step {plan.start_step}, and max_steps is {plan.knobs.max_steps}: "
             "nothing to train, nothing changed. Give a larger max_steps to train on.", sys.stderr)
-        return plan_.best_so_far if plan_.best_so_far is not None else math.inf
-    ensure_writable(plan_.run_dir / "checkpoints")
-    use_fast_kernels(plan_.knobs.threads)
-    L.seed_everything(plan_.knobs.seed, workers=True, verbose=False)
-    module, callbacks = build(plan_, cfg)
-    announce(plan_, cfg, module, datamodule)
-    run_dir, interrupt = plan_.run_dir, next((c for c in callbacks if isinstance(c, GracefulInterrupt)), None)
+        return plan.best_so_far if plan.best_so_far is not None else math.inf
+    ensure_writable(plan.run_dir / "checkpoints")
+    use_fast_kernels(plan.knobs.threads)
+    L.seed_everything(plan.knobs.seed, workers=True, verbose=False)
+    module, callbacks = build(plan, cfg)
+    announce(plan, cfg, module, datamodule)
+    run_dir, interrupt = plan.run_dir, next((c for c in callbacks if isinstance(c, GracefulInterrupt)), None)
     with hold_run_folder(run_dir) if is_rank_zero() else contextlib.nullcontext():  # one lock per run
         trainer = build_trainer(cfg, callbacks=callbacks, logger=instantiate(cfg.logger))
         start_time = time.perf_counter()
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan_.ckpt_file) if plan_.ckpt_file else None)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan.ckpt_file) if plan.ckpt_file else None)
         except StopNow as stop:
             raise Interrupted(f"{signal.Signals(stop.signum).name} again: stopped at once; {run_dir / 'checkpoints'} "
                               f"holds the last saved step; resume with the same arguments plus ckpt_path={run_dir}",
@@ -162,7 +162,7 @@ def train(cfg: DictConfig) -> float:
         if not trainer.is_global_zero:
             return math.inf
         interrupted = interrupt is not None and interrupt.saved_at is not None
-        best = report_run(plan_, cfg, trainer, module, seconds, interrupted)
+        best = report_run(plan, cfg, trainer, module, seconds, interrupted)
     if interrupted:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
