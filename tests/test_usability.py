@@ -100,6 +100,10 @@ def test_config_answers_import_neither_torch_nor_lightning(script, flag):
     assert result.returncode == 0, result.stderr[-2000:]
     imported = modules_imported(result.stderr)
     assert "hydra" in imported and not imported & {"torch", "lightning"}
+    if flag == "--help":  # every knob from the schemas, with its default and doc
+        knobs = {"train.py": ["model: cnn, gpt", "optimizer.muon_lr", "only embeddings, head, norms and biases"],
+                 "sample.py": ["top_p", "float | null"], "evaluate.py": ["data.train_fraction", "stride"]}[script]
+        assert all(knob in result.stdout for knob in knobs) and "schema" not in result.stdout
 
 
 def test_a_mistyped_override_is_answered_without_torch(tmp_path):

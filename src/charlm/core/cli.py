@@ -17,13 +17,14 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from charlm.core.atomic import ensure_writable
 from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.model_config import MODEL_CONFIGS
-from charlm.core.run_config import knob_help, register_schemas
+from charlm.core.run_config import group_help, knob_help, register_schemas
 
 
 def prepare_hydra() -> None:
     """The resolvers the configs use and the schemas they are presets over."""
     register_schemas()
     OmegaConf.register_new_resolver("knob_help", knob_help, replace=True)
+    OmegaConf.register_new_resolver("group_help", group_help, replace=True)
     OmegaConf.register_new_resolver("min", min, replace=True)
     # cached: Hydra resolves the run folder more than once, and each time must name the same folder
     OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)

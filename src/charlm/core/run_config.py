@@ -10,6 +10,7 @@ Torch-free and Lightning-free: it answers before the heavy imports.
 """
 
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from importlib import resources
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -156,6 +157,14 @@ def knob_help(command: str = "train") -> str:
             kind_name = getattr(kind, "__name__", str(kind)) + (" | null" if nullable else "")
             lines.append(f"  {prefix + spec.name:<28} {kind_name:<12} {shown!s:<16} {spec.metadata['doc']}")
     return "\n".join(lines).replace("$", "$$") + "\n"  # $$: Hydra's help template is a string.Template
+
+
+def group_help() -> str:
+    """Each config group with its options (the YAML presets; the schemas they build on are not options)."""
+    conf = resources.files("charlm") / "conf"
+    groups = sorted((folder.name, sorted(f.name.removesuffix(".yaml") for f in folder.iterdir()
+                                         if f.name.endswith(".yaml"))) for folder in conf.iterdir() if folder.is_dir())
+    return "\n".join(f"{name}: {', '.join(options)}" for name, options in groups if options) + "\n"
 
 
 def register_schemas() -> None:
