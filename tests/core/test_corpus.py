@@ -1,6 +1,7 @@
 """The token store (charlm.core.corpus): the vocabulary, the encoding, the cache and its failures."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -67,6 +68,22 @@ def test_a_cached_corpus_is_reused_and_a_changed_one_encoded_again(tmp_path, mon
     path.write_text("goodbye moon\n" * 50)  # edited between runs
     changed = load_corpus(str(path), "chars", cache)
     assert len(calls) == 1 and changed.vocab.decode(changed.tokens[:12].tolist()) == "goodbye moon"
+
+
+def test_same_size_changes_are_seen_in_the_text_and_in_the_cache(tmp_path):
+    """What `cp -p`, `rsync -a` and `tar` do (an edit keeping size and modification time), and a tokens
+    file overwritten in place with as many bytes: neither is served from the cache."""
+    path, cache = tmp_path / "t.txt", tmp_path / "cache"
+    path.write_text("hello world\n" * 50)
+    first = load_corpus(str(path), "chars", cache)
+    kept = path.stat()
+    path.write_text("jello world\n" * 50)  # same size
+    os.utime(path, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # and the old modification time
+    edited = load_corpus(str(path), "chars", cache)
+    assert edited.vocab.decode(edited.tokens[:5].tolist()) == "jello"
+    edited.cache_file.write_bytes(b"\0" * edited.cache_file.stat().st_size)  # zeros, in place
+    again = load_corpus(str(path), "chars", cache)
+    assert again.vocab.decode(again.tokens[:5].tolist()) == "jello" and first.cache_file.is_file()
 
 
 @pytest.mark.parametrize("damage", ["truncated tokens", "no .json (a half-written cache)", "corrupt .json"])

@@ -154,9 +154,16 @@ def ids_in(tokens: np.ndarray, own: Vocabulary, model: Vocabulary, what: str, hi
     return remap[tokens].astype(id_dtype(len(model)))
 
 
+def file_times(stat: os.stat_result) -> list[int]:
+    """What changes when a file's bytes do: size, modification time and change time (ns)."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
 class TokenCache:
     """Files in `folder`: tokens + .json per corpus and vocabulary, and an index from a source file's
-    (path, size, modification time) to its content key."""
+    (path, size, modification and change times) to its content key. The change time (ctime) is what
+    `cp -p`, `rsync -a` and `tar` cannot keep: an edit that keeps the size and modification time is
+    still seen. The .json records the tokens file's own times, so one changed in place is not trusted."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder).expanduser()
@@ -174,8 +181,7 @@ class TokenCache:
             entry = json.loads(self.index_file(source, mode).read_text())
         except (OSError, ValueError):
             return None
-        unchanged = entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
-        return entry.get("key") if unchanged else None
+        return entry.get("key") if entry.get("stat") == file_times(stat) else None
 
     def load(self, source: Path, key: str, mode: str) -> Corpus | None:
         """The cached corpus, or None when it is missing, half written, truncated or foreign."""
@@ -185,7 +191,8 @@ class TokenCache:
             dtype = np.dtype(meta["dtype"])
             vocab = Vocabulary(meta["vocab"], meta["mode"])
             ok = (meta.get("format") == FORMAT and meta.get("version") == VERSION and meta.get("key") == key
-                  and meta["mode"] == mode and tokens_file.stat().st_size == meta["count"] * dtype.itemsize)
+                  and meta["mode"] == mode and tokens_file.stat().st_size == meta["count"] * dtype.itemsize
+                  and meta.get("tokens_stat") == file_times(tokens_file.stat()))
             if not ok or meta["count"] == 0:
                 return None
             return Corpus(np.memmap(tokens_file, dtype=dtype, mode="r"), vocab, source, tokens_file)
@@ -207,13 +214,14 @@ class TokenCache:
         if count == 0:
             raise CharLMError(f"data file has no text (only a byte-order mark): {source}")
         meta = {"format": FORMAT, "version": VERSION, "key": key, "mode": mode, "source": str(source),
-                "dtype": id_dtype(len(vocab)).name, "count": count, "vocab": vocab.chars}
+                "dtype": id_dtype(len(vocab)).name, "count": count, "vocab": vocab.chars,
+                "tokens_stat": file_times(tokens_file.stat())}
         atomic_write(meta_file, lambda handle: handle.write(json.dumps(meta).encode()))
         self.store_index(source, key, mode, stat)
         return self.load(source, key, mode)
 
     def store_index(self, source: Path, key: str, mode: str, stat: os.stat_result) -> None:
-        index = {"key": key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "source": str(source)}
+        index = {"key": key, "stat": file_times(stat), "source": str(source)}
         atomic_write(self.index_file(source, mode), lambda handle: handle.write(json.dumps(index).encode()))
 
 
