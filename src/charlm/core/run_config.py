@@ -250,9 +250,7 @@ def refuse_what_does_not_apply(cfg: DictConfig, given: set[str], sweep: bool) ->
 def group_settings(cls: type, node: DictConfig):
     """A group's config as its schema object: every knob checked (one CharLMError naming the first bad
     one)."""
-    values = OmegaConf.to_container(node, resolve=True)
-    values.pop("_target_", None)
-    return cls(**values)
+    return cls(**OmegaConf.to_container(node, resolve=True))
 
 
 @dataclass(frozen=True)

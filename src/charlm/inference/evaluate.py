@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
 from charlm.core.corpus import ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import EvaluateConfig
-from charlm.core.run_config import DataConfig
+from charlm.core.run_config import DataConfig, group_settings
 from charlm.inference.blocks import RECORDED, BlockDataset, evaluation_offsets, split_bounds
 from charlm.inference.checkpoint import find_checkpoint, load_model, newest_run
 from charlm.inference.torch_runner import check_device
@@ -107,7 +107,7 @@ def split_ids(loaded, data: dict, split: str, other_text: str = "data.path=PATH"
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    cfg = EvaluateConfig(**OmegaConf.to_container(cfg, resolve=True))  # every option checked
+    cfg = group_settings(EvaluateConfig, cfg)  # every option checked
     check_device("device", cfg.device)
     file = find_checkpoint(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs"))
     loaded = load_model(file)

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from charlm.core.errors import CharLMError
 from charlm.core.generation import generate
 from charlm.core.inference_config import SampleConfig
+from charlm.core.run_config import group_settings
 
 
 def open_model(cfg: DictConfig):
@@ -44,7 +45,7 @@ def open_model(cfg: DictConfig):
 
 
 def sample(cfg: DictConfig) -> None:
-    cfg = SampleConfig(**OmegaConf.to_container(cfg, resolve=True))  # every option checked
+    cfg = group_settings(SampleConfig, cfg)  # every option checked
     runner, vocab, what = open_model(cfg)
     print(f"sampling from {what}", file=sys.stderr, flush=True)
     prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
