@@ -259,8 +259,8 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     result = sweep(tmp_path, "n_embd=15,16")  # 15 is not divisible by n_head=2
     assert result.returncode != 0  # the sweep as a whole reports the failure
     assert "error: model gpt: n_embd (15) must be divisible by n_head (2)" in result.stderr
-    rows = report_rows(tmp_path)
-    assert [row["status"] for row in rows] == ["failed or unfinished", "finished"]
+    assert [row["status"] for row in report_rows(tmp_path)] == ["finished"]
+    assert [job.name[:2] for job in tmp_path.iterdir() if job.is_dir()] == ["1_"]  # the refused job left no folder
 
 
 def test_parallel_sweep_with_the_joblib_launcher(tmp_path):

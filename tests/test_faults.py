@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.core.atomic import hold_run_folder
-from charlm.core.cli import new_folder, user_error
+from charlm.core.cli import user_error
 from charlm.core.corpus import load_corpus
 from charlm.core.errors import CharLMError
+from charlm.core.run_folder import hold_run_folder, new_folder
 from charlm.inference import export, quantize
 from charlm.inference.sample import sample
 from charlm.tools import bench
@@ -165,6 +165,7 @@ BAD_TRAINING = {
     "seed=-1": r"seed must be an integer from 0 to 4294967295, got -1",
     "threads=1000": r"threads must be an integer from 1 to \d+ or null, got 1000",
     "max_time=garbage": r"max_time must be DD:HH:MM:SS",
+    "max_time=00:00:00:00": r"max_time must be longer than zero, got 00:00:00:00: the run would train nothing",
     "data.train_fraction=1": r"data.train_fraction must be a finite number in \(0, 1\), got 1",
     "dropout=nan": r"dropout must be a finite number in \[0, 1\), got nan",
     "optimizer.betas=[2,0.9]": r"optimizer.betas\[0\] must be a finite number in \[0, 1\), got 2",
@@ -239,6 +240,49 @@ def test_a_run_folder_is_held_by_one_live_run(tmp_path):
                 pass
     with hold_run_folder(tmp_path):  # and free again once the first ends
         pass
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its_log(trained_run, tmp_path):
+    out = tmp_path / "out"
+    run_dir = out / "runs" / "tiny"
+    shutil.copytree(trained_run, run_dir)
+    before = folder_bytes(run_dir)
+    fresh = run_script("train.py", *TINY, "max_steps=2", f"paths.root={out}", f"hydra.run.dir={run_dir}")
+    assert fresh.returncode == 2 and fresh.stderr == (
+        f"error: {run_dir} holds a finished run (40 steps): resume it with ckpt_path={run_dir} (plus its arguments "
+        "and a larger max_steps), or leave out hydra.run.dir and this run gets a new folder\n")
+    assert folder_bytes(run_dir) == before
+    nothing_to_do = run_script("train.py", *TINY, "max_steps=40", f"ckpt_path={run_dir}", f"paths.root={out}")
+    assert nothing_to_do.returncode == 0 and "nothing to train, nothing changed" in nothing_to_do.stderr
+    assert folder_bytes(run_dir) == before and [p.name for p in (out / "runs").iterdir()] == ["tiny"]
+    resumed = run_script("train.py", *TINY, "max_steps=45", "eval_interval=20", f"ckpt_path={run_dir}",
+                         f"paths.root={out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [p.name for p in (out / "runs").iterdir()] == ["tiny"]  # it wrote into the run it resumed, only
+    log = (run_dir / "train.log").read_text()
+    assert log.startswith(before["train.log"].decode()) and f"resuming {run_dir / 'checkpoints' / 'last.ckpt'}" in log
+    assert "- max_steps=45" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the resume's own config
+
+
+@pytest.mark.parametrize("override", ["lr=nan", "ckpt_path=last", "data.path=nope.txt"])
+def test_a_refused_run_leaves_no_folder_behind(override, tmp_path):
+    result = run_script("train.py", *TINY, override, f"paths.root={tmp_path / 'out'}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_into_an_earlier_sweeps_folder_is_refused(tmp_path):
+    (tmp_path / "0_model=cnn" / ".hydra").mkdir(parents=True)
+    before = folder_bytes(tmp_path)
+    result = run_script("train.py", "-m", "model=cnn,gpt", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr == (
+        f"error: {tmp_path} holds an earlier sweep's runs; leave out hydra.sweep.dir and this sweep gets a new folder, "
+        "or resume a job with ckpt_path=<its folder>\n")
+    assert folder_bytes(tmp_path) == before
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path):

@@ -15,8 +15,8 @@ import torch
 from conftest import ROOT, TINY, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.core.atomic import hold_run_folder
 from charlm.core.errors import CharLMError
+from charlm.core.run_folder import hold_run_folder
 from charlm.training.callbacks import GracefulInterrupt
 from charlm.training.lightning_module import LanguageModel
 
@@ -124,11 +124,34 @@ def test_killing_a_checkpoint_write_never_corrupts_the_file(tmp_path):
         assert torch.equal(checkpoint["weights"], torch.full((15_000_000,), float(checkpoint["version"])))
     writers.stdin.close()
     assert writers.wait(timeout=30) == 0
-    # Temp files of killed writes never replace the target; the next run to hold the folder removes them.
+    # Temp files of killed writes never replace the target; the run that resumes in the folder removes them.
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / ".last.ckpt.999.tmp").write_bytes(b"half")
-    with hold_run_folder(tmp_path):
+    with hold_run_folder(tmp_path, resuming=True):
         assert list(tmp_path.rglob(".*.tmp")) == [] and target.is_file()
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_live_runs_folder_is_refused_before_anything_in_it_changes(tmp_path):
+    run_dir = tmp_path / "run"
+    live = start_training(run_dir, "max_steps=100000")
+    try:
+        wait_for_checkpoint(live, run_dir / "checkpoints" / "last.ckpt", 50)
+        os.kill(live.pid, signal.SIGSTOP)  # frozen, so its own writes cannot change the folder meanwhile
+        before = folder_bytes(run_dir)
+        second = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "n_layer=2", "lr=5e-3",
+                                 f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr == f"error: {run_dir} is in use by a live run (pid {live.pid}); wait for it to end, or " \
+                                "give this run its own folder\n"
+        assert folder_bytes(run_dir) == before  # config, log, checkpoints: byte for byte
+    finally:
+        os.kill(live.pid, signal.SIGCONT)
+        live.kill()
+        live.communicate()
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):

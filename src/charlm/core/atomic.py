@@ -1,18 +1,11 @@
-"""Safe file writes: crash-safe replacement of a file, folders checked before writing, and a run
-folder held by one live run at a time."""
+"""Safe file writes: crash-safe replacement of a file, and folders checked before writing."""
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from charlm.core.errors import CharLMError
-
-try:
-    import fcntl
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -53,30 +46,3 @@ def ensure_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise CharLMError(f"cannot write to {folder}: {err.strerror or err}") from None
-
-
-@contextlib.contextmanager
-def hold_run_folder(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on <run_dir>/.lock while a run writes there; a second live run on the
-    same folder is refused instead of mixing its checkpoints and events with the first's."""
-    if fcntl is None:
-        yield
-        return
-    with open(Path(run_dir) / ".lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise CharLMError(f"{run_dir} is in use by a live run (pid {holder}); wait for it to end, or give this "
-                              "run its own folder") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        for stale in [*Path(run_dir).glob(".*.tmp"), *Path(run_dir).glob("checkpoints/.*.tmp")]:
-            stale.unlink(missing_ok=True)  # left by a write that was killed: no live run holds the folder now
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

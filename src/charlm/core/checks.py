@@ -91,6 +91,8 @@ def wall_clock(name: str, value) -> None:
     """null or DD:HH:MM:SS, as Lightning's max_time takes it."""
     if value is not None and not (isinstance(value, str) and WALL_CLOCK.match(value)):
         raise CharLMError(f"{name} must be DD:HH:MM:SS (e.g. 00:01:30:00) or null, got {value!r}")
+    if value is not None and not any(int(part) for part in value.split(":")):
+        raise CharLMError(f"{name} must be longer than zero, got {value}: the run would train nothing (null: no limit)")
 
 
 def knob(default=None, doc: str = "", *, factory=None, **rule):

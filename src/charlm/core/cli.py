@@ -1,5 +1,6 @@
 """What the entry points share: config resolvers, and user errors printed as one line."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from charlm.core.atomic import ensure_writable
 from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.model_config import MODEL_CONFIGS
 from charlm.core.run_config import group_help, knob_help, register_schemas
+from charlm.core.run_folder import holds_run, make_folder, new_folder, remove_unused_folders
 
 
 def prepare_hydra() -> None:
@@ -28,21 +30,6 @@ def prepare_hydra() -> None:
     OmegaConf.register_new_resolver("min", min, replace=True)
     # cached: Hydra resolves the run folder more than once, and each time must name the same folder
     OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)
-
-
-def new_folder(path: str) -> str:
-    """`path`, or `path-2`, `path-3`, ...: the first that does not exist yet, created at once, so two
-    runs started in the same second with the same name never share a folder."""
-    candidate, number = Path(path), 1
-    while True:
-        try:
-            candidate.mkdir(parents=True)  # atomic: exactly one process creates a given folder
-            return str(candidate)
-        except FileExistsError:
-            number += 1
-            candidate = Path(f"{path}-{number}")
-        except OSError:  # cannot be created here: CheckOutputFolder says why, in one line
-            return path
 
 
 def one_line(err: BaseException) -> str:
@@ -98,6 +85,8 @@ def run_cli(task: Callable, *args):
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
+    finally:
+        remove_unused_folders()
 
 
 def config_error(err: BaseException) -> str:
@@ -137,21 +126,31 @@ def hydra_main(main: Callable) -> None:
         sys.exit(2)  # a sweep's job failed; run_cli has printed its line
 
 
+def refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def check_writable(folder: str) -> None:
     """Stop with one line, before Hydra itself trips over it, when `folder` cannot be written."""
+    with contextlib.suppress(OSError):  # ensure_writable says why, in one line
+        make_folder(Path(folder), exist_ok=True)  # remembered, so a refused run's new folder is removed
     try:
         ensure_writable(Path(folder))
     except CharLMError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        refuse(str(err))
 
 
 class CheckOutputFolder(Callback):
-    """Hydra callback: fail with one line, before Hydra itself trips over it, when the run or sweep
-    folder cannot be written."""
+    """Hydra callback: fail with one line, before Hydra writes anything, when the run or sweep folder
+    cannot be written, or a sweep would land among an earlier sweep's runs."""
 
     def on_run_start(self, config, **kwargs) -> None:
         check_writable(config.hydra.run.dir)
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        check_writable(config.hydra.sweep.dir)
+        folder = Path(config.hydra.sweep.dir)
+        if folder.is_dir() and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
+            refuse(f"{folder} holds an earlier sweep's runs; leave out hydra.sweep.dir and this sweep gets a new "
+                   "folder, or resume a job with ckpt_path=<its folder>")
+        check_writable(str(folder))

@@ -10,6 +10,7 @@ same text and machine, and its final validation loss joins the thresholds."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -105,6 +106,7 @@ def run_case(case: str, out_dir: Path) -> tuple[dict, list[dict], float, float]:
     slug = re.sub(r"[^\w.-]+", "_", case)  # Hydra would parse "=" in a folder name
     run_dir, clock = out_dir / "runs" / slug, out_dir / "runs" / f"{slug}.validations.jsonl"
     clock.unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own earlier result, which a new run may not reuse
     start, process_s, _ = launch([
         sys.executable, "-m", "charlm.commands", "train", f"experiment={name}", *overrides, f"hydra.run.dir={run_dir}",
         "+callbacks.clock._target_=charlm.tools.bench_speedrun.ValidationClock", f"+callbacks.clock.path={clock}"])

@@ -18,11 +18,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from charlm.core.atomic import atomic_write, ensure_writable, hold_run_folder
+from charlm.core.atomic import atomic_write, ensure_writable
 from charlm.core.errors import Interrupted
 from charlm.core.generation import sample_text
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
+from charlm.core.run_folder import hold_run_folder
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, best_checkpoint, load_model, read_checkpoint
 from charlm.inference.torch_runner import TorchRunner
@@ -63,6 +64,11 @@ class Plan:
     @property
     def finished(self) -> bool:
         return self.ckpt_file is not None and self.start_step >= self.knobs.max_steps
+
+    @property
+    def resumes_in_place(self) -> bool:
+        """It continues a run in that run's own folder (a run folder or its checkpoint, or a SLURM requeue)."""
+        return self.ckpt_file is not None and self.run_dir.resolve() in self.ckpt_file.resolve().parents
 
 
 def make_plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
@@ -143,13 +149,15 @@ def train(cfg: DictConfig) -> float:
         say(f"{plan.ckpt_file} is already at step {plan.start_step}, and max_steps is {plan.knobs.max_steps}: "
             "nothing to train, nothing changed. Give a larger max_steps to train on.", sys.stderr)
         return plan.best_so_far if plan.best_so_far is not None else math.inf
-    ensure_writable(plan.run_dir / "checkpoints")
     use_fast_kernels(plan.knobs.threads)
     L.seed_everything(plan.knobs.seed, workers=True, verbose=False)
     module, callbacks = build(plan, cfg)
     announce(plan, cfg, module, datamodule)
     run_dir, interrupt = plan.run_dir, next((c for c in callbacks if isinstance(c, GracefulInterrupt)), None)
-    with hold_run_folder(run_dir) if is_rank_zero() else contextlib.nullcontext():  # one lock per run
+    # nothing is written into the run folder before it is held (one lock per run, by rank zero)
+    with hold_run_folder(run_dir, plan.resumes_in_place, cfg) if is_rank_zero() else contextlib.nullcontext():
+        if is_rank_zero():
+            ensure_writable(run_dir / "checkpoints")
         trainer = build_trainer(cfg, callbacks=callbacks, logger=instantiate(cfg.logger))
         start_time = time.perf_counter()
         try:

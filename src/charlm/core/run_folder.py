@@ -1,0 +1,162 @@
+"""A run's folder: new for each run, claimed by one live run at a time, never taken over from another
+run, and written only once the run has claimed it, so a refused command changes nothing and leaves
+no new folder behind.
+
+Hydra writes nothing into it (conf/config.yaml sets `hydra.output_subdir: null` and gives train.log a
+TrainLog handler): the run writes `.hydra/` and train.log itself once it holds the folder.
+"""
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from logging.handlers import MemoryHandler
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from charlm.core.atomic import atomic_write
+from charlm.core.errors import CharLMError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+RUN_FILES = (".hydra", "train.log", "summary.json", "checkpoints")  # what a run leaves in its folder
+made_here: list[Path] = []  # folders this process created, deepest last: removed at exit if still empty
+
+
+def make_folder(path: Path, exist_ok: bool = False) -> None:
+    """mkdir -p that remembers which levels it created."""
+    path = Path(path).absolute()
+    new_levels = [p for p in [path, *path.parents] if not p.exists()]
+    path.mkdir(parents=True, exist_ok=exist_ok)
+    made_here.extend(reversed(new_levels))
+
+
+def new_folder(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ...: the first that does not exist yet, created at once, so two
+    runs started in the same second with the same name never share a folder."""
+    candidate, number = Path(path), 1
+    while True:
+        try:
+            make_folder(candidate)  # atomic: exactly one process creates a given folder
+            return str(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = Path(f"{path}-{number}")
+        except OSError:  # cannot be created here: CheckOutputFolder says why, in one line
+            return path
+
+
+def remove_unused_folders() -> None:
+    """Remove the folders this process created and nothing was written into (a refused run's, or the
+    new folder of a run that resumed in its own), and a sweep job's folder left empty."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        made_here.append(Path(HydraConfig.get().runtime.output_dir))
+    while made_here:
+        with contextlib.suppress(OSError):  # not empty, or gone: keep it
+            made_here.pop().rmdir()
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("hpc_ckpt_*.ckpt"))
+
+
+def taken(folder: Path) -> CharLMError:
+    """The error for a new run pointed at a folder holding another run."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        what = f"a {summary['status']} run ({summary['steps']} steps)"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "an interrupted run"
+    return CharLMError(f"{folder} holds {what}: resume it with ckpt_path={folder} (plus its arguments and a larger "
+                       "max_steps), or leave out hydra.run.dir and this run gets a new folder")
+
+
+@contextlib.contextmanager
+def hold_run_folder(folder: Path, resuming: bool = False, cfg: DictConfig | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on <folder>/.lock while a run writes there, and record the run's config and
+    log in it. A folder held by a live run, or one holding another run when this one is not resuming it,
+    is refused before anything in it changes."""
+    folder = Path(folder)
+    if not resuming and holds_run(folder) and not (folder / ".lock").exists():
+        raise taken(folder)
+    make_folder(folder, exist_ok=True)
+    with open(folder / ".lock", "a+") as lock:  # opening changes nothing in an existing lock file
+        lock_or_refuse(lock, folder)
+        try:
+            if not resuming and holds_run(folder):
+                raise taken(folder)
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+            for stale in [*folder.glob(".*.tmp"), *folder.glob("checkpoints/.*.tmp")]:
+                stale.unlink(missing_ok=True)  # left by a write that was killed: no live run holds the folder now
+            if cfg is not None:
+                record_config(folder, cfg)
+            write_train_log(folder)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def lock_or_refuse(lock, folder: Path) -> None:
+    """Take the run folder's lock, or refuse: a live run holds it."""
+    if fcntl is None:  # Windows: run folders are not locked
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        raise CharLMError(f"{folder} is in use by a live run (pid {holder}); wait for it to end, or give this "
+                          "run its own folder") from None
+
+
+def record_config(folder: Path, cfg: DictConfig) -> None:
+    """What Hydra would have written into the run folder: .hydra/config.yaml (the composed config),
+    hydra.yaml and overrides.yaml (what was typed)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    saved = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+             "overrides.yaml": OmegaConf.create(list(hydra_cfg.overrides.task))}
+    (folder / ".hydra").mkdir(exist_ok=True)
+    for name, config in saved.items():
+        text = OmegaConf.to_yaml(config, resolve=False).encode()
+        atomic_write(folder / ".hydra" / name, lambda file, text=text: file.write(text))
+
+
+class TrainLog(MemoryHandler):
+    """train.log's handler (Hydra's job_logging names it): it holds the run's messages until the run has
+    claimed its folder, then writes them and every later one to <folder>/train.log. A refused run's
+    messages go nowhere but the console."""
+
+    def __init__(self):
+        super().__init__(capacity=0)
+
+    def shouldFlush(self, record) -> bool:
+        return self.target is not None
+
+    def close(self) -> None:
+        target = self.target
+        super().close()
+        if target is not None:
+            target.close()
+
+
+def write_train_log(folder: Path) -> None:
+    """Start writing the run's log (what it printed so far included) to <folder>/train.log, appending."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, TrainLog) and handler.target is None:
+            file = logging.FileHandler(Path(folder) / "train.log", encoding="utf-8")
+            file.setFormatter(handler.formatter)
+            handler.setTarget(file)
+            handler.flush()
