@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from charlm.core.corpus import TokenCache, encode, load_corpus, resolve_path
+from charlm.core.corpus import TokenCache, encode, file_times, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.vocab import Vocabulary
 
@@ -86,7 +86,8 @@ def test_same_size_changes_are_seen_in_the_text_and_in_the_cache(tmp_path):
     assert again.vocab.decode(again.tokens[:5].tolist()) == "jello" and first.cache_file.is_file()
 
 
-@pytest.mark.parametrize("damage", ["truncated tokens", "no .json (a half-written cache)", "corrupt .json"])
+@pytest.mark.parametrize("damage", ["truncated tokens", "no .json (a half-written cache)", "corrupt .json",
+                                    "ids outside the vocabulary, times recorded anew"])
 def test_a_damaged_cache_is_rebuilt_never_used(tmp_path, damage):
     path, cache = tmp_path / "t.txt", tmp_path / "cache"
     path.write_text("to be or not to be\n" * 40)
@@ -98,6 +99,10 @@ def test_a_damaged_cache_is_rebuilt_never_used(tmp_path, damage):
         tokens_file.write_bytes(tokens_file.read_bytes()[:100])
     elif damage.startswith("no .json"):
         meta_file.unlink()
+    elif damage.startswith("ids outside"):
+        tokens_file.write_bytes(b"\xff" * tokens_file.stat().st_size)
+        meta = json.loads(meta_file.read_text())
+        meta_file.write_text(json.dumps(meta | {"tokens_stat": file_times(tokens_file.stat())}))
     else:
         meta_file.write_text('{"format": "charlm-tok')
     rebuilt = load_corpus(str(path), "chars", cache)

@@ -159,11 +159,24 @@ def file_times(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
+def largest_id(tokens_file: Path, dtype: np.dtype, window: int = 1 << 26) -> int:
+    """The largest id in a tokens file, mapped one window at a time: a max over one map of the whole
+    file would keep every page of it resident, counted in the run's RSS."""
+    count, largest = tokens_file.stat().st_size // dtype.itemsize, 0
+    for start in range(0, count, window):
+        part = np.memmap(tokens_file, dtype=dtype, mode="r", offset=start * dtype.itemsize,
+                         shape=(min(window, count - start),))
+        largest = max(largest, int(part.max()))
+        del part  # unmapped: its pages leave this process's RSS
+    return largest
+
+
 class TokenCache:
     """Files in `folder`: tokens + .json per corpus and vocabulary, and an index from a source file's
     (path, size, modification and change times) to its content key. The change time (ctime) is what
     `cp -p`, `rsync -a` and `tar` cannot keep: an edit that keeps the size and modification time is
-    still seen. The .json records the tokens file's own times, so one changed in place is not trusted."""
+    still seen. The .json records the tokens file's own times, so one changed in place is not trusted,
+    and every id served must be inside the vocabulary (largest_id reads the file once per start)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder).expanduser()
@@ -194,6 +207,8 @@ class TokenCache:
                   and meta["mode"] == mode and tokens_file.stat().st_size == meta["count"] * dtype.itemsize
                   and meta.get("tokens_stat") == file_times(tokens_file.stat()))
             if not ok or meta["count"] == 0:
+                return None
+            if largest_id(tokens_file, dtype) >= len(vocab):  # ids no vocabulary has: not what encode() wrote
                 return None
             return Corpus(np.memmap(tokens_file, dtype=dtype, mode="r"), vocab, source, tokens_file)
         except (OSError, ValueError, KeyError, TypeError, CharLMError):
