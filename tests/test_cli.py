@@ -15,6 +15,8 @@ import yaml
 from conftest import CONF, TINY, TINY_RUN, run_script
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import plugin_data_pb2
 from test_usability import hparams_of
 
 from charlm.core.errors import CharLMError
@@ -230,11 +232,11 @@ def report_rows(folder):
 
 
 def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
-    result = sweep(tmp_path, "model=cnn,gpt", f"paths.root={tmp_path.parent / 'elsewhere'}")
+    root = tmp_path.parent / "elsewhere"
+    result = sweep(tmp_path, "model=cnn,gpt", f"paths.root={root}", "logger=[tensorboard,mlflow]")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert len(jobs) == 2 and jobs[0].startswith("0_") and "model=cnn" in jobs[0] and "model=gpt" in jobs[1]
-    assert "paths.root" not in jobs[0]  # its slashes would nest folders
+    assert jobs == ["0_model=cnn", "1_model=gpt"]  # named by what the sweep varies, one level deep
     # the commands the run prints work when pasted: the job folder's '=' and ',' stay part of the path
     [pasted] = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("  python sample.py")][:1]
     argv = ["sample.py", pasted]
@@ -242,17 +244,35 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         assert compose(config_name="sample", overrides=argv[1:]).ckpt == str(tmp_path / jobs[0])
     rows = report_rows(tmp_path)
-    assert [row["model"] for row in rows] == ["cnn", "gpt"]
+    assert [(row["run"], row["model"]) for row in rows] == [("model=cnn", "cnn"), ("model=gpt", "gpt")]
     for row in rows:
         assert row["status"] == "finished" and int(row["steps"]) == 20 and int(row["tokens"]) == 20 * 16 * 16
-        summary = json.loads((tmp_path / row["run"] / "summary.json").read_text())
+        summary = json.loads((tmp_path / row["folder"] / "summary.json").read_text())
         assert float(row["best_val_loss"]) == pytest.approx(summary["best_val_loss"], abs=1e-9)
         assert summary["best_val_loss"] < math.log(65)  # better than guessing
         assert float(row["tokens_per_s"]) * float(row["wall_time_s"]) == pytest.approx(20 * 16 * 16, rel=1e-6)
     assert (tmp_path / "val_loss.png").stat().st_size > 10_000
-    assert "| cnn |" in (tmp_path / "report.md").read_text()
-    # TensorBoard on the sweep folder compares both runs by their settings
+    assert "| model=cnn | 0_model=cnn | cnn |" in (tmp_path / "report.md").read_text()
+    # TensorBoard on the sweep folder compares both runs by their settings, the swept one first
     assert [hparams_of(tmp_path / job)[0]["model"] for job in jobs] == ["cnn", "gpt"]
+    assert sweep_hparams(tmp_path)[:2] == ["model", "batch_size"]  # then the rest, by name
+    # MLflow: both jobs in one experiment named after the sweep, each run named by what it varies
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["model=cnn", "model=gpt"]
+
+
+def sweep_hparams(folder: Path) -> list[str]:
+    """The HParams columns, in order, of the experiment the sweep folder's report wrote for TensorBoard."""
+    [file] = folder.glob("events.out.tfevents.*")
+    for event in EventFileLoader(str(file)).Load():
+        for value in event.summary.value:
+            if value.tag == "_hparams_/experiment":
+                data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                return [info.name for info in data.experiment.hparam_infos]
+    return []
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):

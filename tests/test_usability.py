@@ -60,10 +60,10 @@ def hparams_of(run_dir) -> tuple[dict, set]:
     events.Reload()
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert "_hparams_/experiment" not in content  # TensorBoard then puts the settings that differ first
     hparams = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
                for key, value in start.session_start_info.hparams.items()}
-    metrics = {info.name.tag for info in experiment.experiment.metric_infos}
+    metrics = {tag for tag in events.Tags()["scalars"] if tag.startswith("hparams/")}
     return hparams, metrics
 
 

@@ -48,7 +48,7 @@ def test_a_copy_that_agrees_with_its_owner_is_fine(compose_config):
 
 @pytest.mark.parametrize("copy", RUN_FOLDER_COPIES)
 def test_copies_of_the_run_folder_point_to_hydra_run_dir(compose_config, copy):
-    cfg = compose_config(f"{copy}=/tmp/elsewhere")
+    cfg = compose_config("logger=[tensorboard,csv,mlflow,wandb]", f"{copy}=/tmp/elsewhere")
     with pytest.raises(CharLMError, match=rf"^{copy} is the run folder, which hydra.run.dir sets"):
         resolve_copies(cfg)
 

@@ -200,7 +200,7 @@ def test_sigterm_in_a_sweep_reports_the_jobs_that_ran_and_stops(tmp_path):
     assert process.returncode == 143, stderr[-2000:]
     with (tmp_path / "report.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [(row["run"], row["status"]) for row in rows] == [(jobs[0].name, "interrupted")]
+    assert [(row["run"], row["folder"], row["status"]) for row in rows] == [("seed=1", jobs[0].name, "interrupted")]
     assert not any(tmp_path.glob("1_*"))  # the second job never started
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(train_here, tmp_path):
     with pytest.raises(CharLMError) as caught:

@@ -20,6 +20,7 @@ from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.model_config import MODEL_CONFIGS
 from charlm.core.run_config import group_help, knob_help, register_schemas
 from charlm.core.run_folder import holds_run, make_folder, new_folder, remove_unused_folders
+from charlm.core.sweep import job_folder_name
 
 
 def prepare_hydra() -> None:
@@ -30,6 +31,7 @@ def prepare_hydra() -> None:
     OmegaConf.register_new_resolver("min", min, replace=True)
     # cached: Hydra resolves the run folder more than once, and each time must name the same folder
     OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("sweep_job", job_folder_name, replace=True)
 
 
 def one_line(err: BaseException) -> str:

@@ -196,8 +196,9 @@ COPIES = {
     "model.dropout": ("dropout", "${dropout}"),
 }
 # Copies of the run folder, which Hydra owns: they cannot be handed over, only refused.
-RUN_FOLDER_COPIES = ("paths.run_dir", "trainer.default_root_dir", "logger.save_dir",
-                     "callbacks.checkpoint.dirpath", "callbacks.last_checkpoint.dirpath")
+RUN_FOLDER_COPIES = ("paths.run_dir", "trainer.default_root_dir", "callbacks.checkpoint.dirpath",
+                     "callbacks.last_checkpoint.dirpath",
+                     *(f"logger.{tracker}.save_dir" for tracker in ("tensorboard", "csv", "mlflow", "wandb")))
 # Knobs that shape the model: a fine-tuned run takes its checkpoint's, so setting one is refused.
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 

@@ -164,7 +164,7 @@ def lightning_steps(cfg, steps: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(cfg, callbacks=callbacks, max_steps=steps, limit_val_batches=0,
                                 num_sanity_val_steps=0, enable_checkpointing=False, default_root_dir=tmp,
-                                logger=instantiate(cfg.logger, save_dir=tmp))
+                                logger=[instantiate(node, save_dir=tmp) for node in cfg.logger.values()])
         trainer.fit(module, datamodule=datamodule)
     return timer.intervals()
 

@@ -9,12 +9,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from charlm.core.errors import CharLMError
 from charlm.core.generation import sample_text
 from charlm.inference.torch_runner import TorchRunner
 from charlm.training.internals import align_logging_step
+from charlm.training.trackers import log_text
 
 
 class FinalValidation(L.Callback):
@@ -68,11 +68,7 @@ class TextSampleCallback(L.Callback):
         with TorchRunner(pl_module.model) as runner:
             self.last_sample = sample_text(runner, pl_module.vocab, self.prompt, self.num_tokens,
                                            temperature=self.temperature, rng=np.random.default_rng(self.seed))
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # Indented lines render as a code block in TensorBoard, which keeps line breaks.
-                markdown = "\n".join("    " + line for line in (self.prompt + self.last_sample).splitlines())
-                logger.experiment.add_text("sample", markdown, trainer.global_step)
+        log_text(trainer.loggers, self.prompt + self.last_sample, trainer.global_step)
 
 
 class LearningRates(L.Callback):

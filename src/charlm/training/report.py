@@ -10,19 +10,22 @@ import csv
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from charlm.core.atomic import ensure_writable
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
+from charlm.core.sweep import as_dict, differing_keys, label, setting_key, swept_keys
 
 # (summary key, column title, format for the Markdown table)
 COLUMNS = [
-    ("run", "run", "{}"), ("model", "model", "{}"), ("parameters", "parameters", "{:,}"),
+    ("run", "run", "{}"), ("folder", "folder", "{}"), ("model", "model", "{}"), ("parameters", "parameters", "{:,}"),
     ("steps", "steps", "{:,}"), ("tokens", "tokens", "{:,}"), ("best_val_loss", "best val loss", "{:.4f}"),
     ("best_val_bpc", "val bpc", "{:.3f}"), ("tokens_per_s", "tokens/s", "{:,.0f}"),
     ("wall_time_s", "wall time (s)", "{:.1f}"), ("status", "status", "{}"),
@@ -48,9 +51,16 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
     return [(e.step + 1, e.value) for e in events.Scalars("val/loss")]  # logged at step index, 0-based
 
 
+def run_overrides(run: Path) -> dict[str, str]:
+    try:
+        return as_dict(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    except Exception:  # no overrides.yaml, or not a list of overrides
+        return {}
+
+
 def run_row(run: Path, root: Path) -> dict:
     summary_file = run / "summary.json"
-    row = {"run": str(run.relative_to(root)) if run != root else run.name}
+    row = {"folder": str(run.relative_to(root)) if run != root else run.name}
     if not summary_file.is_file():
         return row | {"status": "failed or unfinished"}
     try:
@@ -75,6 +85,11 @@ def write_report(folder: str | Path) -> list[Path]:
         raise CharLMError(f"no runs (folders with .hydra/config.yaml) under {root}")
     ensure_writable(root)
     rows = [run_row(run, root) for run in runs]
+    overrides = [run_overrides(run) for run in runs]
+    varied = swept_keys(root) or differing_keys(overrides)  # what tells the runs apart: their names
+    for row, given in zip(rows, overrides, strict=True):
+        row["run"] = label(varied, given) or row["folder"]
+    write_hparams_config(root, rows, varied)
 
     header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [header, "|" + " --- |" * len(COLUMNS)]
@@ -103,12 +118,32 @@ def write_report(folder: str | Path) -> list[Path]:
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats/char)")
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(plot, dpi=120)
+    if ax.lines:  # beside the plot, never over the curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    fig.savefig(plot, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return [markdown, table, plot]
+
+
+def write_hparams_config(root: Path, rows: list[dict], varied: list[str]) -> None:
+    """TensorBoard's HParams experiment for the runs under `root`: the settings that differ between them
+    first (TensorBoard ticks the first columns), then the rest. An event file in `root`, replaced each time."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams import summary_v2 as hp  # see validation_curve
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    known = {key: None for row in rows for key in row.get("settings") or {}}
+    if not known:
+        return
+    first = [setting_key(key, known) for key in varied]
+    names = [*dict.fromkeys(first), *sorted(set(known) - set(first))]
+    metrics = [hp.Metric(f"hparams/{key}") for key in ("best_val_loss", "best_val_bpc", "parameters", "tokens_per_s")]
+    for old in root.glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = EventFileWriter(str(root))
+    config = hp.hparams_config_pb([hp.HParam(name) for name in names], metrics)
+    writer.add_event(Event(wall_time=time.time(), summary=config))
+    writer.close()
 
 
 class SweepReport(Callback):

@@ -24,6 +24,7 @@ from charlm.core.generation import sample_text
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
 from charlm.core.run_folder import hold_run_folder
+from charlm.core.sweep import NOT_SETTINGS, as_dict, setting_key
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, best_checkpoint, load_model, read_checkpoint
 from charlm.inference.torch_runner import TorchRunner
@@ -37,7 +38,8 @@ from charlm.training.memory import check_fits
 from charlm.training.muon import native_bfloat16, newton_schulz_dtype
 from charlm.training.report import write_report
 from charlm.training.resume import best_score, fine_tune_source, requeue_checkpoint, resume_checkpoint, run_folder_of
-from charlm.training.trainer import RunLogger, build_trainer
+from charlm.training.trackers import build_loggers, check_trackers, log_results, remember_runs, tracker_commands
+from charlm.training.trainer import build_trainer
 
 
 def command_line_overrides() -> list[str]:
@@ -77,6 +79,7 @@ def make_plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
     sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     settings = prepare_run_config(cfg, command_line_overrides(), sweep)  # every value checked before anything is read
     check_devices(cfg)
+    check_trackers(cfg)
     knobs, model_config, data, init = settings.knobs, settings.model, settings.data, None
     if knobs.init_from is not None:
         init, model_config = fine_tune_source(knobs, data.vocab)
@@ -158,7 +161,10 @@ def train(cfg: DictConfig) -> float:
     with hold_run_folder(run_dir, plan.resumes_in_place, cfg) if is_rank_zero() else contextlib.nullcontext():
         if is_rank_zero():
             ensure_writable(run_dir / "checkpoints")
-        trainer = build_trainer(cfg, callbacks=callbacks, logger=instantiate(cfg.logger))
+        loggers = build_loggers(cfg)
+        if is_rank_zero():
+            remember_runs(run_dir, loggers)  # so a resume continues the same MLflow and W&B runs
+        trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
         start_time = time.perf_counter()
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan.ckpt_file) if plan.ckpt_file else None)
@@ -205,6 +211,9 @@ def run_settings(plan: Plan, cfg: DictConfig) -> dict:
         settings[key] = getattr(plan.knobs, key)
     settings |= {f"optimizer.{k}": v for k, v in plan.optimizer.items()}
     settings |= {"data.path": cfg.data.path, "data.vocab": cfg.data.vocab, "precision": str(cfg.trainer.precision)}
+    for key, value in as_dict(command_line_overrides()).items():  # what else was typed: experiment=, data.*, ...
+        if not key.startswith(NOT_SETTINGS) and setting_key(key, settings) not in settings:
+            settings[key] = value
     plain = (bool, int, float, str)
     return {k: v if isinstance(v, plain) else str(v) for k, v in settings.items()}
 
@@ -227,14 +236,13 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path, "status": status,
         "optimizer": plan.optimizer["name"], "muon_dtype": plan.optimizer.get("muon_dtype"),
     }
-    results = {"hparams/best_val_loss": best_loss, "hparams/best_val_bpc": summary["best_val_bpc"],
-               "hparams/parameters": n_params, "hparams/tokens_per_s": summary["tokens_per_s"]}
+    results = {"best_val_loss": best_loss, "best_val_bpc": summary["best_val_bpc"], "parameters": n_params,
+               "tokens_per_s": summary["tokens_per_s"]}
+    settings = run_settings(plan, cfg)
     summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}  # JSON
+    summary["settings"] = settings
     atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
-    for logger in trainer.loggers:  # TensorBoard's HParams tab: every run of a sweep side by side
-        logger.log_hyperparams(run_settings(plan, cfg), {k: v for k, v in results.items() if math.isfinite(v)})
-        if isinstance(logger, RunLogger):
-            logger.close()
+    log_results(trainer.loggers, settings, results, step)  # TensorBoard's HParams tab: every run side by side
     sample = ""
     if best_path:
         sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
@@ -252,7 +260,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         + (f" at step {best['step']}" if best else ""),
         f"best checkpoint: {best_path or '-'}",
         "sample:", sample,
-        "", *next_commands(run_dir),
+        "", *next_commands(run_dir), *tracker_commands(cfg),
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
 

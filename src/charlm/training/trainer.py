@@ -55,6 +55,18 @@ class RunLogger(TensorBoardLogger):
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
+    def log_hyperparams(self, params: dict, metrics: dict | None = None, step: int | None = None) -> None:
+        """The run's HParams entry without an experiment summary of its own: with none, TensorBoard builds
+        the HParams table from every run it shows, the settings that differ between them first and ticked
+        (a sweep's report adds the sweep folder's, charlm.training.report.write_hparams_config)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        self.log_metrics(metrics or {}, step)
+        _, start, end = hparams(params, metrics or {})
+        writer = self.experiment._get_file_writer()  # as Lightning's own log_hyperparams writes them
+        writer.add_summary(start, step)
+        writer.add_summary(end, step)
+
     def finalize(self, status: str) -> None:
         # Flushed, not closed: the HParams entry written after fit then lands in the same event file
         # (a resumed run's own file holds all it logged); close() ends it.

@@ -1,0 +1,149 @@
+"""Where a run's curves, settings, results and samples go: TensorBoard (default), a CSV file, MLflow or
+Weights & Biases, through Lightning's own loggers; several at once with logger=[tensorboard,mlflow].
+MLflow and W&B are the [tracking] extra; a resumed run continues the same MLflow and W&B run."""
+
+import importlib.util
+import json
+import math
+import netrc
+import os
+import shlex
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig
+
+from charlm.core.atomic import atomic_write
+from charlm.core.errors import CharLMError
+from charlm.core.sweep import as_dict, label, swept_keys
+
+NEEDS = {"mlflow": "mlflow", "wandb": "wandb"}  # logger option -> the package it needs
+IDS_FILE = "trackers.json"  # in the run folder: the MLflow and W&B run ids, for a resume to continue
+
+
+def check_trackers(cfg: DictConfig) -> None:
+    """A tracker whose package is missing fails before the run starts, in one line."""
+    for name in cfg.logger or {}:
+        package = NEEDS.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise CharLMError(f"logger={name} needs the {package} package: pip install -e '.[tracking]' "
+                              f"(or pip install {package})")
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    return [instantiate(node) for node in (cfg.logger or {}).values()]
+
+
+def sweep_name() -> str | None:
+    """The sweep's folder name inside a sweep: its jobs' shared MLflow experiment and W&B group."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
+def run_name(run_dir: str) -> str:
+    """A run's name in a tracker: in a sweep, the values of what it varies (`model=cnn`); else its folder's."""
+    if sweep_name():
+        hydra = HydraConfig.get()
+        swept = swept_keys(Path(hydra.sweep.dir), hydra.sweeper.get("params"))
+        if name := label(swept, as_dict(hydra.overrides.task)):
+            return name
+    return Path(run_dir).name
+
+
+def remembered(run_dir: str, tracker: str) -> str | None:
+    try:
+        return json.loads((Path(run_dir) / IDS_FILE).read_text()).get(tracker)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def remember_runs(run_dir: Path, loggers: list[Logger]) -> None:
+    """Record the trackers' run ids in the run folder (this starts their runs)."""
+    ids = {}
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            ids["mlflow"] = logger.run_id
+        elif isinstance(logger, WandbLogger):
+            ids["wandb"] = logger.experiment.id
+    if ids:
+        atomic_write(Path(run_dir) / IDS_FILE, lambda file: file.write(json.dumps(ids).encode()))
+
+
+def local_store(root: str) -> str:
+    """MLflow's default store: a SQLite database under the output root."""
+    return f"sqlite:///{Path(root).expanduser().absolute() / 'mlflow.db'}"
+
+
+def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str | None, root: str) -> MLFlowLogger:
+    """MLflow's logger; by default against a SQLite store under the output root, which needs no server."""
+    local = tracking_uri is None
+    root_dir = Path(root).expanduser().absolute()
+    if local:
+        root_dir.mkdir(parents=True, exist_ok=True)
+    return MLFlowLogger(experiment_name=experiment_name or sweep_name() or "runs", run_name=run_name(save_dir),
+                        tracking_uri=local_store(root) if local else tracking_uri,
+                        artifact_location=(root_dir / "mlartifacts").as_uri() if local else None,
+                        run_id=remembered(save_dir, "mlflow"))
+
+
+def logged_in_to_wandb() -> bool:
+    """An API key is at hand (environment or ~/.netrc), found without asking the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_logger(save_dir: str, project: str, group: str | None, mode: str | None) -> WandbLogger:
+    """W&B's logger: offline unless logged in (or mode, or WANDB_MODE, says otherwise)."""
+    if mode is None and "WANDB_MODE" not in os.environ:
+        mode = "online" if logged_in_to_wandb() else "offline"
+    run_id = remembered(save_dir, "wandb")
+    return WandbLogger(project=project, name=run_name(save_dir), group=group or sweep_name(), save_dir=save_dir,
+                       id=run_id, resume="allow" if run_id else None, mode=mode)
+
+
+def tracker_commands(cfg: DictConfig) -> list[str]:
+    """How to look at the run in a tracker that needs a command to start: MLflow's local store."""
+    mlflow = (cfg.logger or {}).get("mlflow")
+    if mlflow is None or mlflow.tracking_uri is not None:
+        return []
+    return [f"  mlflow ui --backend-store-uri {shlex.quote(local_store(mlflow.root))}"]
+
+
+def log_text(loggers: list[Logger], text: str, step: int) -> None:
+    """A text sample, where each tracker keeps text (CSV has no place for it)."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # Indented lines render as a code block in TensorBoard, which keeps line breaks.
+            markdown = "\n".join("    " + line for line in text.splitlines())
+            logger.experiment.add_text("sample", markdown, step)
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_text(logger.run_id, text, f"samples/step_{step:06d}.txt")
+        elif isinstance(logger, WandbLogger):
+            logger.log_text("samples", columns=["step", "text"], data=[[step, text]])
+
+
+def log_results(loggers: list[Logger], settings: dict, results: dict, step: int) -> None:
+    """The run's flat settings and final results: TensorBoard's HParams entry; the others' params and metrics."""
+    finite = {k: v for k, v in results.items() if math.isfinite(v)}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(settings, {f"hparams/{k}": v for k, v in finite.items()})
+            if hasattr(logger, "close"):
+                logger.close()
+            continue
+        if isinstance(logger, MLFlowLogger):  # a param keeps its first value: a resume may not change it
+            settings = {k: v for k, v in settings.items()
+                        if k not in logger.experiment.get_run(logger.run_id).data.params}
+        logger.log_hyperparams(settings)
+        logger.log_metrics(finite, step=step)
+        logger.save()
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()

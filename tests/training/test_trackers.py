@@ -1,0 +1,106 @@
+"""Trackers beside TensorBoard: a CSV file, MLflow against a SQLite store, W&B offline; resume continues
+the same tracker run; a missing package is one line."""
+
+import csv
+import importlib.util
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import TINY
+
+from charlm.core.errors import CharLMError
+from charlm.training.trackers import check_trackers
+
+
+def test_csv_logger_writes_val_loss_at_every_validation(train_here):
+    _, run_dir = train_here(*TINY, "logger=csv", "max_steps=30", "eval_interval=10")
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows if row["val/loss"]] == [9, 19, 29]
+    best = json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
+    assert [float(row["best_val_loss"]) for row in rows if row["best_val_loss"]] == [pytest.approx(best)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def api(port: int, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}",
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "out"
+    _, run_dir = train_here(*TINY, "logger=[tensorboard,mlflow]", f"paths.root={out}", "max_steps=20",
+                            "eval_interval=10")
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
+    assert run.info.run_id == json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    assert run.data.params["model"] == "gpt" and run.data.params["model.n_embd"] == "16"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [9, 19]
+    best = json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
+    assert run.data.metrics["best_val_loss"] == pytest.approx(best)
+    assert client.list_artifacts(run.info.run_id, "samples")  # the text samples
+
+    capsys.readouterr()
+    train_here(*TINY, "logger=[tensorboard,mlflow]", f"paths.root={out}", "max_steps=30", "eval_interval=10",
+               f"ckpt_path={run_dir}", run_dir=tmp_path / "unused")
+    [printed] = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  mlflow ui")]
+    [resumed] = client.search_runs([run.info.experiment_id])
+    assert resumed.info.run_id == run.info.run_id
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [9, 19, 29]
+
+    # the `mlflow ui` command the run printed serves the run table (its REST API), with no other server
+    assert printed == f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", *shlex.split(printed), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                experiments = api(port, "experiments/search?max_results=10")["experiments"]
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        [experiment] = [e for e in experiments if e["name"] == "runs"]
+        runs = api(port, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [run.info.run_id]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_wandb_runs_offline_without_a_login_and_a_resume_continues_its_run(train_here, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    _, run_dir = train_here(*TINY, "logger=wandb", "max_steps=10", "eval_interval=10")
+    run_id = json.loads((run_dir / "trackers.json").read_text())["wandb"]
+    train_here(*TINY, "logger=wandb", "max_steps=20", "eval_interval=10", f"ckpt_path={run_dir}",
+               run_dir=tmp_path / "unused")
+    offline = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline)
+
+
+def test_a_tracker_whose_package_is_missing_is_one_line(compose_config, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(CharLMError, match=r"^logger=mlflow needs the mlflow package: pip install -e '.\[tracking\]'"):
+        check_trackers(compose_config("logger=[tensorboard,mlflow]"))
