@@ -255,7 +255,7 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
     assert "| model=cnn | 0_model=cnn | cnn |" in (tmp_path / "report.md").read_text()
     # TensorBoard on the sweep folder compares both runs by their settings, the swept one first
     assert [hparams_of(tmp_path / job)[0]["model"] for job in jobs] == ["cnn", "gpt"]
-    assert sweep_hparams(tmp_path)[:2] == ["model", "batch_size"]  # then the rest, by name
+    assert sweep_hparams(tmp_path)[:2] == [("model", True), ("batch_size", False)]  # then the rest, by name
     # MLflow: both jobs in one experiment named after the sweep, each run named by what it varies
     from mlflow.tracking import MlflowClient
 
@@ -264,14 +264,15 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
     assert sorted(run.info.run_name for run in runs) == ["model=cnn", "model=gpt"]
 
 
-def sweep_hparams(folder: Path) -> list[str]:
-    """The HParams columns, in order, of the experiment the sweep folder's report wrote for TensorBoard."""
+def sweep_hparams(folder: Path) -> list[tuple[str, bool]]:
+    """The HParams columns (name, marked as differing: TensorBoard puts those first and ticks them), in
+    order, of the experiment the sweep folder's report wrote for TensorBoard."""
     [file] = folder.glob("events.out.tfevents.*")
     for event in EventFileLoader(str(file)).Load():
         for value in event.summary.value:
             if value.tag == "_hparams_/experiment":
                 data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                return [info.name for info in data.experiment.hparam_infos]
+                return [(info.name, info.differs) for info in data.experiment.hparam_infos]
     return []
 
 

@@ -126,22 +126,29 @@ def write_report(folder: str | Path) -> list[Path]:
 
 
 def write_hparams_config(root: Path, rows: list[dict], varied: list[str]) -> None:
-    """TensorBoard's HParams experiment for the runs under `root`: the settings that differ between them
-    first (TensorBoard ticks the first columns), then the rest. An event file in `root`, replaced each time."""
+    """TensorBoard's HParams experiment for the runs under `root`: every setting, those in `varied` marked
+    as differing, which TensorBoard puts first and ticks (it orders the rest by name). An event file in
+    `root`, replaced each time."""
     from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.plugins.hparams import summary_v2 as hp  # see validation_curve
+    from tensorboard.plugins.hparams import plugin_data_pb2  # see validation_curve
+    from tensorboard.plugins.hparams import summary_v2 as hp
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     known = {key: None for row in rows for key in row.get("settings") or {}}
     if not known:
         return
     first = [setting_key(key, known) for key in varied]
-    names = [*dict.fromkeys(first), *sorted(set(known) - set(first))]
+    names = [*dict.fromkeys(first), *sorted(set(known) - set(first))]  # the order other readers see
     metrics = [hp.Metric(f"hparams/{key}") for key in ("best_val_loss", "best_val_bpc", "parameters", "tokens_per_s")]
     for old in root.glob("events.out.tfevents.*"):
         old.unlink()
     writer = EventFileWriter(str(root))
     config = hp.hparams_config_pb([hp.HParam(name) for name in names], metrics)
+    content = config.value[0].metadata.plugin_data
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content.content)
+    for info in experiment.experiment.hparam_infos:
+        info.differs = info.name in first
+    content.content = experiment.SerializeToString()
     writer.add_event(Event(wall_time=time.time(), summary=config))
     writer.close()
 
