@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("charlm.commands", "train_main", "train a model (key=value overrides; conf/config.yaml)"),
     "sample": ("charlm.commands", "sample_main", "stream text from a checkpoint (conf/sample.yaml)"),
     "evaluate": ("charlm.commands", "evaluate_main", "a checkpoint's loss on a held-out split (conf/evaluate.yaml)"),
+    "attention": ("charlm.commands", "attention_main", "pictures of what a model attends to (conf/attention.yaml)"),
     "export": ("charlm.inference.export", "main", "weights, config and vocabulary in one .npz, for the NumPy engine"),
     "quantize": ("charlm.inference.quantize", "main", "int8 weights, and what they cost in loss and buy in size"),
     "report": ("charlm.training.report", "main", "compare the runs of a sweep or folder"),

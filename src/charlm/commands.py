@@ -35,6 +35,13 @@ def run_evaluate(cfg: DictConfig) -> None:
     run_cli(evaluate, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG, config_name="attention")
+def run_attention(cfg: DictConfig) -> None:
+    from charlm.inference.pictures import draw  # torch and matplotlib: loaded for a run, not for --help
+
+    run_cli(draw, cfg)
+
+
 def train_main() -> None:
     prepare_hydra()
     run_cli(take_text_arguments, ("ckpt_path", "init_from"))  # paths as the shell passed them, before Hydra
@@ -53,7 +60,13 @@ def evaluate_main() -> None:
     hydra_main(run_evaluate)
 
 
-MAINS = {"train": train_main, "sample": sample_main, "evaluate": evaluate_main}
+def attention_main() -> None:
+    prepare_hydra()
+    run_cli(take_text_arguments, ("ckpt", "out"))
+    hydra_main(run_attention)
+
+
+MAINS = {"train": train_main, "sample": sample_main, "evaluate": evaluate_main, "attention": attention_main}
 
 if __name__ == "__main__":
     command = sys.argv.pop(1) if len(sys.argv) > 1 else ""

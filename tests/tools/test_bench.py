@@ -147,3 +147,15 @@ def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
     assert 0 < ours["train_s_to_4.1"] < ours["process_s_to_4.1"] < ours["process_s"]
     assert ours["process_s_to_1.9"] == "-"  # not reached
     assert 0 < ours["validation_s"] < ours["process_s"]
+
+
+def test_the_pictures_benchmark_weighs_a_picture_against_the_runs_steps(tmp_path):
+    from charlm.tools import bench
+
+    bench.main(["pictures", "--steps", "20", "--case", "gpt_0.2m max_steps=100 eval_interval=25", "--case",
+                "cnn_0.2m", "--out", str(tmp_path)])
+    gpt, cnn = json.loads((tmp_path / "pictures.json").read_text())["rows"]
+    assert (gpt["case"], gpt["validations"], cnn["validations"]) == ("gpt_0.2m max_steps=100 eval_interval=25", 5, 11)
+    for row in (gpt, cnn):
+        assert row["pictures_s"] == pytest.approx(row["picture_ms"] / 1e3 * row["validations"])
+        assert row["share_pct"] == pytest.approx(100 * row["pictures_s"] / row["training_steps_s"])

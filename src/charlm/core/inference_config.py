@@ -39,6 +39,23 @@ class SampleConfig:
 
 
 @dataclass
+class PicturesConfig:
+    ckpt: str | None = knob(None, CHECKPOINT)
+    prompt: str | None = knob(None, "the text to look at, as the shell passes it (prompt_file=PATH, prompt=-: as "
+                              "sample.py); longer than block_size: its last block")
+    out: str = knob("attention.png", "the PNG to write")
+    kind: str = knob("attention", "attention: a GPT's heads, layer by layer | influence: how much each character "
+                     "sways the next prediction (any model; a CNN's receptive field)",
+                     choices=("attention", "influence"))
+    device: str = knob("cpu", "cpu, cuda, cuda:1, mps, ...")
+    dpi: int = knob(120, "resolution of the PNG", low=20, high=600)
+    paths: Any = None
+
+    def __post_init__(self):
+        check_knobs(self)
+
+
+@dataclass
 class RecordedData:
     """The text a run was trained on and how it was cut; null keeps what the run recorded."""
 

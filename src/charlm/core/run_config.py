@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from charlm.core import checks
 from charlm.core.checks import check_knobs, knob
 from charlm.core.errors import CharLMError
-from charlm.core.inference_config import EvaluateConfig, RecordedData, SampleConfig
+from charlm.core.inference_config import EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
 from charlm.core.vocab import MODES
 
@@ -138,7 +138,7 @@ def model_schema(family: str) -> type:
 
 def knob_help(command: str = "train") -> str:
     """Every knob of a command's schemas with its type, default and doc, for its `--help`."""
-    sections = {"sample": [("options", "", SampleConfig)],
+    sections = {"sample": [("options", "", SampleConfig)], "attention": [("options", "", PicturesConfig)],
                 "evaluate": [("options", "", EvaluateConfig), ("data (null: as the run recorded it)", "data.",
                                                                RecordedData)]}.get(command)
     if sections is None:
@@ -173,6 +173,7 @@ def register_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     store.store(name="sample_schema", node=SampleConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="attention_schema", node=PicturesConfig)
     store.store(group="optimizer", name="schema", node=OptimizerConfig)
     store.store(group="data", name="schema", node=DataConfig)
     for family in MODEL_CONFIGS:

@@ -85,6 +85,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.proj_dropout = nn.Dropout(config.dropout)
+        self.keep_weights = False  # GPT.attention_maps: compute the weights explicitly and keep them
+        self.weights: torch.Tensor | None = None  # (B, H, T, T) from the last pass that kept them
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: LayerCache | None = None) -> torch.Tensor:
@@ -98,7 +100,12 @@ class CausalSelfAttention(nn.Module):
             qk = F.rms_norm(qk, (C // self.n_head,), eps=RMS_EPS)
         qk = qk if rotary is None else rotate(qk, *rotary)
         q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), qkv[:, :, 2]))  # (B, H, T, D) each
-        if cache is None:
+        if cache is None and self.keep_weights:  # the same attention, its weights kept for pictures
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            self.weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+            y = self.weights @ v
+        elif cache is None:
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
@@ -197,6 +204,19 @@ class GPT(nn.Module):
         if T > self.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.block_size}")
         return self.run(idx, slice(0, T))  # a slice of the position tables: cheaper than a lookup, same gradient
+
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """What every head attends to, from this model's own forward pass over ids (B, T) (eval mode: no
+        dropout): (L, B, H, T, T), row i the weights query i gives keys 0..i, each row summing to 1."""
+        layers = [block.attn for block in self.blocks]
+        for attention in layers:
+            attention.keep_weights = True
+        try:
+            self(idx)
+            return torch.stack([attention.weights for attention in layers])
+        finally:
+            for attention in layers:
+                attention.keep_weights, attention.weights = False, None
 
     def forward_cached(self, idx: torch.Tensor, cache: GPTCache | None, step=None) -> tuple[torch.Tensor, GPTCache]:
         """Continue from `cache` (None: start of text) with ids (B, T); returns logits (B, T, V).

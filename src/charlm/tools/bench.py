@@ -5,6 +5,7 @@
     python -m charlm bench data         # a large corpus through the token store, against nanoGPT-style encoding
     python -m charlm bench optimizer    # where a step's time goes: forward + backward, AdamW, Muon per dtype
     python -m charlm bench speedrun     # wall time to validation losses, optionally beside nanoGPT's own loop
+    python -m charlm bench pictures     # what the pictures training draws at each validation cost a run
 
 Models come from the experiment presets (a case may add overrides: "gpt_2.7m block_size=128
 batch_size=32"), trained on Tiny Shakespeare or, for generation, with random weights (speed does not
@@ -44,6 +45,7 @@ from charlm.inference.torch_runner import TorchRunner
 from charlm.models import GPT, build_model, count_parameters
 from charlm.tools.bench_data import bench_data
 from charlm.tools.bench_optimizer import optimizer_case
+from charlm.tools.bench_pictures import pictures_case
 from charlm.tools.bench_speedrun import NANOGPT_ARGS, THRESHOLDS, bench_speedrun
 from charlm.training.data import CharDataModule
 from charlm.training.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
@@ -361,8 +363,9 @@ def positive_list(cast, kind: str):
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m charlm bench", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer", "speedrun"])
-    parser.add_argument("--case", action="append", help="training, optimizer, speedrun: a preset plus overrides, "
+    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer", "speedrun", "pictures"])
+    parser.add_argument("--case", action="append", help="training, optimizer, speedrun, pictures: a preset plus "
+                        "overrides, "
                         "e.g. 'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the standard cases)")
     parser.add_argument("--steps", type=int, default=150,
                         help="training: steps per loop and round; optimizer: calls per part and round")
@@ -407,6 +410,15 @@ def main(argv: list[str]) -> None:
         rows = []
         for case in args.case or OPTIMIZER_CASES:
             rows.append(optimizer_case(case_config(case), case, args.steps, args.rounds))
+            print_row(rows[-1])
+    elif args.kind == "pictures":
+        rows = []
+        for case in args.case or ["gpt_0.2m", "cnn_0.2m"]:
+            cfg = case_config(case)
+            use_fast_kernels(cfg.threads)
+            step = statistics.median(bare_steps(cfg, args.steps)[args.steps // 10:])
+            model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=VOCAB_SIZE)
+            rows.append(pictures_case(cfg, case, model, step, args.steps))
             print_row(rows[-1])
     elif args.kind == "data":
         if args.megabytes < 2:

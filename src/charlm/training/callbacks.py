@@ -9,9 +9,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from charlm.core.errors import CharLMError
 from charlm.core.generation import sample_text
+from charlm.inference.pictures import attention_grid, attention_maps, influence, influence_strip
 from charlm.inference.torch_runner import TorchRunner
 from charlm.training.internals import align_logging_step
 from charlm.training.trackers import log_text
@@ -69,6 +71,41 @@ class TextSampleCallback(L.Callback):
             self.last_sample = sample_text(runner, pl_module.vocab, self.prompt, self.num_tokens,
                                            temperature=self.temperature, rng=np.random.default_rng(self.seed))
         log_text(trainer.loggers, self.prompt + self.last_sample, trainer.global_step)
+
+
+class InsidePictures(L.Callback):
+    """At every validation, TensorBoard's Images tab gets what the model looks at for the first
+    `characters` of the validation text: a GPT's attention heads (`inside/attention`: a row of heads
+    per layer, white 0 to dark blue 1, as `charlm attention` draws them), or for other models how much
+    each character sways the next prediction (`inside/influence`). Drawn as pixels, without a figure,
+    to stay cheap. `enabled: false` turns it off."""
+
+    def __init__(self, enabled: bool = True, characters: int = 64):
+        self.enabled, self.characters = enabled, characters
+        self.described = False  # the text the picture is of goes to TensorBoard once
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not (self.enabled and boards and trainer.is_global_zero) or trainer.sanity_checking:
+            return
+        model, step = pl_module.model, trainer.global_step
+        ids = [int(i) for i in trainer.datamodule.val_ids[:min(self.characters, model.block_size)]]
+        training = model.training
+        model.eval()
+        try:
+            if hasattr(model, "attention_maps"):
+                tag, image = "inside/attention", attention_grid(attention_maps(model, ids))
+            else:
+                tag, image = "inside/influence", influence_strip(influence(model, ids))
+        finally:
+            model.train(training)
+        for board in boards:
+            board.experiment.add_image(tag, image, step, dataformats="HWC")
+            if not self.described:
+                text = pl_module.vocab.decode(ids).replace("\n", "⏎")
+                board.experiment.add_text(tag, f"the first {len(ids)} characters of the validation text: `{text}`",
+                                          step)
+        self.described = True
 
 
 class LearningRates(L.Callback):

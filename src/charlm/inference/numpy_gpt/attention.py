@@ -32,6 +32,7 @@ class MultiHeadAttention:
         self.n_head = n_head
         self.dropout_p = dropout_p
         self.qk_norm = qk_norm
+        self.weights: np.ndarray | None = None  # the last pass's attention weights, before dropout
 
     def __call__(self, x: np.ndarray, cache: KeyValueCache | None = None, layer: int = 0,
                  rng: np.random.Generator | None = None,
@@ -54,6 +55,7 @@ class MultiHeadAttention:
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(D)  # (B, H, T, start+T); a Python float keeps float32
         # Query i sits at position start+i and may see keys 0 .. start+i.
         visible = np.arange(start + T)[None, :] <= (start + np.arange(T))[:, None]
-        weights = dropout(softmax(np.where(visible, scores, -np.inf)), self.dropout_p, rng)
+        self.weights = softmax(np.where(visible, scores, -np.inf))  # (B, H, T, start+T): kept for pictures
+        weights = dropout(self.weights, self.dropout_p, rng)
         y = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return dropout(linear(y, self.proj_w, self.proj_b), self.dropout_p, rng)
