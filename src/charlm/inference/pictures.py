@@ -1,6 +1,6 @@
 """Pictures of what a trained model looks at: a GPT's attention, head by head, and how much each past
 character sways a model's next prediction (for the CNN: its receptive field). `charlm attention` draws
-them into a PNG; training draws them into TensorBoard's Images tab (charlm.training.callbacks.Pictures)."""
+them into a PNG; training sends them to TensorBoard's Images tab (charlm.training.callbacks.InsidePictures)."""
 
 import sys
 from pathlib import Path

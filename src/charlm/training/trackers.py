@@ -136,8 +136,7 @@ def log_results(loggers: list[Logger], settings: dict, results: dict, step: int)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(settings, {f"hparams/{k}": v for k, v in finite.items()})
-            if hasattr(logger, "close"):
-                logger.close()
+            logger.experiment.close()  # the run's event file is complete
             continue
         if isinstance(logger, MLFlowLogger):  # a param keeps its first value: a resume may not change it
             settings = {k: v for k, v in settings.items()

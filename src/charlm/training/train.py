@@ -157,12 +157,11 @@ def train(cfg: DictConfig) -> float:
     module, callbacks = build(plan, cfg)
     announce(plan, cfg, module, datamodule)
     run_dir, interrupt = plan.run_dir, next((c for c in callbacks if isinstance(c, GracefulInterrupt)), None)
-    # nothing is written into the run folder before it is held (one lock per run, by rank zero)
-    with hold_run_folder(run_dir, plan.resumes_in_place, cfg) if is_rank_zero() else contextlib.nullcontext():
-        if is_rank_zero():
-            ensure_writable(run_dir / "checkpoints")
+    zero = is_rank_zero()  # nothing is written into the run folder before rank zero holds it (one lock per run)
+    with hold_run_folder(run_dir, plan.resumes_in_place, cfg) if zero else contextlib.nullcontext():
         loggers = build_loggers(cfg)
-        if is_rank_zero():
+        if zero:
+            ensure_writable(run_dir / "checkpoints")
             remember_runs(run_dir, loggers)  # so a resume continues the same MLflow and W&B runs
         trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
         start_time = time.perf_counter()

@@ -69,12 +69,9 @@ class RunLogger(TensorBoardLogger):
 
     def finalize(self, status: str) -> None:
         # Flushed, not closed: the HParams entry written after fit then lands in the same event file
-        # (a resumed run's own file holds all it logged); close() ends it.
+        # (a resumed run's own file holds all it logged); report_run closes it.
         self.experiment.flush()
         self.save()
-
-    def close(self) -> None:
-        self.experiment.close()
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
