@@ -100,11 +100,12 @@ def test_compiled_sampling_writes_the_eager_text_and_falls_back_without_a_compil
 def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path, train_here):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # leave the shared run untouched
+    before = set((run / "tb").glob("events.out.tfevents.*"))
     train_here(*TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={run}", run_dir=tmp_path / "resume-log")
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 60
-    newest_events = sorted((run / "tb").glob("events.out.tfevents.*"))[-1]
-    events = EventAccumulator(str(newest_events))
+    [resumed_events] = set((run / "tb").glob("events.out.tfevents.*")) - before
+    events = EventAccumulator(str(resumed_events))
     events.Reload()
     assert [e.step for e in events.Scalars("val/loss")] == [59]  # only the steps after 40 were trained
 

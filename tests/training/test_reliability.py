@@ -25,11 +25,15 @@ from charlm.training.lightning_module import LanguageModel
 STEADY = [*TINY, "dropout=0.1", "optimizer.decay_steps=2000", "trainer.log_every_n_steps=1", "eval_interval=50"]
 
 
-def step_losses(run_dir: Path, newest_file_only: bool = False) -> dict[int, float]:
-    files = sorted((run_dir / "tb").glob("events.out.tfevents.*"))
-    events = EventAccumulator(str(files[-1] if newest_file_only else run_dir / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    return {e.step: e.value for e in events.Scalars("train/loss")}
+def step_losses(events: Path) -> dict[int, float]:
+    """train/loss by step from a run's tb/ folder, or from one event file of it."""
+    accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {e.step: e.value for e in accumulator.Scalars("train/loss")}
+
+
+def event_files(run_dir: Path) -> set[Path]:
+    return set((run_dir / "tb").glob("events.out.tfevents.*"))
 
 
 def saved_step(checkpoint: Path) -> int:
@@ -80,9 +84,11 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
         assert summary["status"] == "interrupted" and summary["steps"] == resumed_from
 
     # The crash needs a process of its own; the resume runs here, as `train.py ... ckpt_path=crashed` would.
+    before = event_files(crashed)
     train_in_process(tmp_path / "resume-log", *STEADY, "max_steps=150", f"ckpt_path={crashed}")
     assert f"resuming {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in capsys.readouterr().out
-    whole, after = step_losses(uninterrupted), step_losses(crashed, newest_file_only=True)
+    [resumed_events] = event_files(crashed) - before  # (not the newest name: names hold the wall clock)
+    whole, after = step_losses(uninterrupted / "tb"), step_losses(resumed_events)
     assert sorted(after) == list(range(resumed_from, 150))  # logged at step index: steps resumed_from+1 .. 150
     for step, loss in after.items():
         assert loss == pytest.approx(whole[step], abs=1e-6), f"step {step + 1}"
@@ -168,7 +174,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     assert summary["steps"] == stopped_at and summary["tokens"] == stopped_at * 16 * 16
     assert summary["status"] == "interrupted"
     [best] = (run_dir / "checkpoints").glob("best-*.ckpt")  # the stop was validated, so it may be the best
-    assert step_losses(run_dir)  # and the run's log has its steps
+    assert step_losses(run_dir / "tb")  # and the run's log has its steps
     assert len(sample_in_process(run_dir)) == 1 + 20 + 1  # and it samples
 
 
@@ -234,7 +240,7 @@ def test_same_seed_gives_identical_losses(tmp_path, train_here):
     runs = {}
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
         train_here(*STEADY, f"seed={seed}", "max_steps=30", run_dir=tmp_path / name)
-        runs[name] = step_losses(tmp_path / name)
+        runs[name] = step_losses(tmp_path / name / "tb")
     assert len(runs["a"]) == 30 and runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
 
