@@ -87,7 +87,7 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
     before = event_files(crashed)
     train_in_process(tmp_path / "resume-log", *STEADY, "max_steps=150", f"ckpt_path={crashed}")
     assert f"resuming {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in capsys.readouterr().out
-    [resumed_events] = event_files(crashed) - before  # (not the newest name: names hold the wall clock)
+    [resumed_events] = event_files(crashed) - before  # not the last name: names hold whole seconds, then the pid
     whole, after = step_losses(uninterrupted / "tb"), step_losses(resumed_events)
     assert sorted(after) == list(range(resumed_from, 150))  # logged at step index: steps resumed_from+1 .. 150
     for step, loss in after.items():
