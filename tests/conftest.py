@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,14 @@ def trained_run(tmp_path_factory) -> Path:
     result = run_script("train.py", *TINY, "max_steps=40", "eval_interval=20", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: to show a refused command changed nothing."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

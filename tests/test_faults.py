@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT, TINY, run_script
+from conftest import CONF, ROOT, TINY, folder_bytes, run_script
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -240,10 +240,6 @@ def test_a_run_folder_is_held_by_one_live_run(tmp_path):
                 pass
     with hold_run_folder(tmp_path):  # and free again once the first ends
         pass
-
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its_log(trained_run, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, sample_in_process, train_in_process
+from conftest import ROOT, TINY, folder_bytes, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.core.errors import CharLMError
@@ -135,10 +135,6 @@ def test_killing_a_checkpoint_write_never_corrupts_the_file(tmp_path):
     (tmp_path / "checkpoints" / ".last.ckpt.999.tmp").write_bytes(b"half")
     with hold_run_folder(tmp_path, resuming=True):
         assert list(tmp_path.rglob(".*.tmp")) == [] and target.is_file()
-
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_a_live_runs_folder_is_refused_before_anything_in_it_changes(tmp_path):

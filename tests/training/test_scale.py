@@ -3,13 +3,12 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY, TINY_CNN, run_script, train_in_process
+from conftest import ROOT, TINY, TINY_CNN, free_port, run_script, train_in_process
 
 from charlm.inference.checkpoint import model_state
 
@@ -75,12 +74,6 @@ def test_ddp_spawn_with_muon_matches_one_process(tmp_path, capsys):
     assert "best checkpoint" in capsys.readouterr().out  # the spawning process reports the run
     assert_trains_like_one_process(ddp, train_here(tmp_path, "single", "trainer=cpu", "batch_size=16", "threads=1",
                                                    *muon))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

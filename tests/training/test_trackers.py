@@ -5,14 +5,13 @@ import csv
 import importlib.util
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import TINY
+from conftest import TINY, free_port
 
 from charlm.core.errors import CharLMError
 from charlm.training.trackers import check_trackers
@@ -25,12 +24,6 @@ def test_csv_logger_writes_val_loss_at_every_validation(train_here):
     assert [int(row["step"]) for row in rows if row["val/loss"]] == [9, 19, 29]
     best = json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
     assert [float(row["best_val_loss"]) for row in rows if row["best_val_loss"]] == [pytest.approx(best)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def api(port: int, path: str, body: dict | None = None) -> dict:
