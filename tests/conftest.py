@@ -12,6 +12,18 @@ from omegaconf import open_dict
 from charlm.core.cli import prepare_hydra
 
 prepare_hydra()  # the schemas and resolvers every composed config needs, whichever test composes first
+
+
+def share_the_cores() -> None:
+    """Under pytest-xdist each worker (and every process it starts) gets its share of the cores:
+    two workers each running torch's default of one thread per core would oversubscribe them, and
+    small models slow down many times when threads fight."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+share_the_cores()
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "charlm" / "conf"
 

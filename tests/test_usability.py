@@ -106,12 +106,17 @@ def test_config_answers_import_neither_torch_nor_lightning(script, flag):
         assert all(knob in result.stdout for knob in knobs) and "schema" not in result.stdout
 
 
-def test_a_mistyped_override_is_answered_without_torch(tmp_path):
-    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), "nlayer=3"],
+@pytest.mark.parametrize(("override", "error"), [
+    ("nlayer=3", "nlayer"), ("lr=nan", "error: lr must be a finite number > 0, got nan"),
+    ("data.path=nope.txt", "error: data file not found: nope.txt")])
+def test_a_mistake_is_answered_without_torch(tmp_path, override, error):
+    """A mistyped key, a bad value or a missing data file is refused before torch and Lightning load."""
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), override],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode != 0 and "nlayer" in result.stderr
+    assert result.returncode == 2 and error in result.stderr
     imported = modules_imported(result.stderr)
     assert not imported & {"torch", "lightning"}
+    assert list(tmp_path.iterdir()) == []  # nor does it leave a run folder
 
 
 def test_one_charlm_command_runs_every_entry_point(trained_run, tmp_path):

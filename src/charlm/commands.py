@@ -10,15 +10,21 @@ from omegaconf import DictConfig
 
 from charlm.core.cli import hydra_main, prepare_hydra, run_cli
 from charlm.core.prompts import take_text_arguments
+from charlm.core.run_config import check_before_loading
 
 CONFIG = "pkg://charlm.conf"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG, config_name="config")
 def run_train(cfg: DictConfig) -> float:
+    return run_cli(check_then_train, cfg)
+
+
+def check_then_train(cfg: DictConfig) -> float:
+    check_before_loading(cfg)  # a mistyped value or data path: one line at once, not after the imports below
     from charlm.training.train import train  # torch and Lightning: loaded for a run, not for --help or --cfg
 
-    return run_cli(train, cfg)
+    return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG, config_name="sample")

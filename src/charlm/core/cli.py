@@ -8,10 +8,8 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -20,7 +18,7 @@ from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.model_config import MODEL_CONFIGS
 from charlm.core.run_config import group_help, knob_help, register_schemas
 from charlm.core.run_folder import holds_run, make_folder, new_folder, remove_unused_folders
-from charlm.core.sweep import job_folder_name
+from charlm.core.sweep import in_sweep, job_folder_name
 
 
 def prepare_hydra() -> None:
@@ -84,7 +82,7 @@ def run_cli(task: Callable, *args):
             raise
         print(f"error: {one_line(shown)}", file=sys.stderr, flush=True)
         log.error(one_line(shown))  # into train.log too, where there is one
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_sweep():
             raise
         sys.exit(2)
     finally:

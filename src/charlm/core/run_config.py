@@ -9,6 +9,7 @@ so it takes effect everywhere; a copy and its owner set to different values is r
 Torch-free and Lightning-free: it answers before the heavy imports.
 """
 
+import copy
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib import resources
 from typing import Any
@@ -18,9 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlm.core import checks
 from charlm.core.checks import check_knobs, knob
+from charlm.core.corpus import check_source, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
+from charlm.core.sweep import in_sweep, job_overrides
 from charlm.core.vocab import MODES
 
 MODEL = {spec.name: spec.default for spec in fields(GPTConfig)}  # the top-level sizes default to the GPT's
@@ -304,3 +307,10 @@ def prepare_run_config(cfg: DictConfig, overrides=(), sweep: bool = False) -> Ru
     data = group_settings(DataConfig, cfg.data)
     check_lightning_groups(cfg)
     return RunSettings(knobs, OmegaConf.to_container(cfg.model, resolve=True), optimizer, data)
+
+
+def check_before_loading(cfg: DictConfig) -> None:
+    """What `train` can refuse before torch and Lightning load (seconds): every value, checked on a copy
+    (the run itself prepares `cfg`), and a data file that is missing, empty or a folder."""
+    settings = prepare_run_config(copy.deepcopy(cfg), job_overrides(), in_sweep())
+    check_source(resolve_path(settings.data.path))

@@ -15,11 +15,11 @@ from logging.handlers import MemoryHandler
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.core.atomic import atomic_write
 from charlm.core.errors import CharLMError
+from charlm.core.sweep import in_sweep
 
 try:
     import fcntl
@@ -56,7 +56,7 @@ def new_folder(path: str) -> str:
 def remove_unused_folders() -> None:
     """Remove the folders this process created and nothing was written into (a refused run's, or the
     new folder of a run that resumed in its own), and a sweep job's folder left empty."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_sweep():
         made_here.append(Path(HydraConfig.get().runtime.output_dir))
     while made_here:
         with contextlib.suppress(OSError):  # not empty, or gone: keep it

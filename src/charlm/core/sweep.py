@@ -5,10 +5,22 @@ for any folder of runs, from the overrides in which their .hydra/overrides.yaml 
 import re
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 NOT_SETTINGS = ("hydra", "ckpt_path", "init_from", "paths.")  # where a run is, not what it is
+
+
+def in_sweep() -> bool:
+    """This process runs a job of a Hydra sweep (`-m`)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_overrides() -> list[str]:
+    """This job's overrides from the command line, when Hydra started it."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def as_dict(overrides) -> dict[str, str]:

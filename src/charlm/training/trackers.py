@@ -11,14 +11,13 @@ import shlex
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
 from charlm.core.atomic import atomic_write
 from charlm.core.errors import CharLMError
-from charlm.core.sweep import as_dict, label, swept_keys
+from charlm.core.sweep import as_dict, in_sweep, label, swept_keys
 
 NEEDS = {"mlflow": "mlflow", "wandb": "wandb"}  # logger option -> the package it needs
 IDS_FILE = "trackers.json"  # in the run folder: the MLflow and W&B run ids, for a resume to continue
@@ -39,7 +38,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 def sweep_name() -> str | None:
     """The sweep's folder name inside a sweep: its jobs' shared MLflow experiment and W&B group."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_sweep():
         return Path(HydraConfig.get().sweep.dir).name
     return None
 

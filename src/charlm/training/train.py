@@ -14,7 +14,6 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
@@ -24,7 +23,7 @@ from charlm.core.generation import sample_text
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
 from charlm.core.run_folder import hold_run_folder
-from charlm.core.sweep import NOT_SETTINGS, as_dict, setting_key
+from charlm.core.sweep import NOT_SETTINGS, as_dict, in_sweep, job_overrides, setting_key
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, best_checkpoint, load_model, read_checkpoint
 from charlm.inference.torch_runner import TorchRunner
@@ -40,11 +39,6 @@ from charlm.training.report import write_report
 from charlm.training.resume import best_score, fine_tune_source, requeue_checkpoint, resume_checkpoint, run_folder_of
 from charlm.training.trackers import build_loggers, check_trackers, log_results, remember_runs, tracker_commands
 from charlm.training.trainer import build_trainer
-
-
-def command_line_overrides() -> list[str]:
-    """This job's overrides from the command line, when Hydra started it."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 @dataclass(frozen=True)
@@ -76,8 +70,7 @@ class Plan:
 def make_plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
     """The run's plan, and its data read and checked (the vocabulary comes from the text). It finishes
     the composed config (copies handed to their owners); nothing changes `cfg` after it."""
-    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    settings = prepare_run_config(cfg, command_line_overrides(), sweep)  # every value checked before anything is read
+    settings = prepare_run_config(cfg, job_overrides(), in_sweep())  # every value checked before anything is read
     check_devices(cfg)
     check_trackers(cfg)
     knobs, model_config, data, init = settings.knobs, settings.model, settings.data, None
@@ -177,7 +170,7 @@ def train(cfg: DictConfig) -> float:
         interrupted = interrupt is not None and interrupt.saved_at is not None
         best = report_run(plan, cfg, trainer, module, seconds, interrupted)
     if interrupted:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_sweep():
             write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
         raise Interrupted(f"{signal.Signals(interrupt.signum).name}: saved {run_dir / 'checkpoints' / 'last.ckpt'} "
                           f"at step {interrupt.saved_at}; resume with the same arguments plus ckpt_path={run_dir}",
@@ -210,7 +203,7 @@ def run_settings(plan: Plan, cfg: DictConfig) -> dict:
         settings[key] = getattr(plan.knobs, key)
     settings |= {f"optimizer.{k}": v for k, v in plan.optimizer.items()}
     settings |= {"data.path": cfg.data.path, "data.vocab": cfg.data.vocab, "precision": str(cfg.trainer.precision)}
-    for key, value in as_dict(command_line_overrides()).items():  # what else was typed: experiment=, data.*, ...
+    for key, value in as_dict(job_overrides()).items():  # what else was typed: experiment=, data.*, ...
         if not key.startswith(NOT_SETTINGS) and setting_key(key, settings) not in settings:
             settings[key] = value
     plain = (bool, int, float, str)
@@ -266,7 +259,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
 
 def next_commands(run_dir: Path) -> list[str]:
     """What to do with a finished run, ready to paste: sample, score, look (a sweep: all its runs)."""
-    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    logdir, ckpt = shlex.quote(str(HydraConfig.get().sweep.dir if sweep else run_dir)), shlex.quote(f"ckpt={run_dir}")
+    logdir = shlex.quote(str(HydraConfig.get().sweep.dir if in_sweep() else run_dir))
+    ckpt = shlex.quote(f"ckpt={run_dir}")
     return ["next:", f"  python sample.py {ckpt}", f"  python evaluate.py {ckpt}", f"  tensorboard --logdir {logdir}"]
 
