@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT, TINY, folder_bytes, run_script
+from conftest import CONF, ROOT, TINY, compose_run, folder_bytes, run_script
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.core.cli import user_error
 from charlm.core.corpus import load_corpus
 from charlm.core.errors import CharLMError
+from charlm.core.run_config import check_before_loading
 from charlm.core.run_folder import hold_run_folder, new_folder
 from charlm.inference import export, quantize
 from charlm.inference.sample import sample
@@ -262,6 +264,27 @@ def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its
     log = (run_dir / "train.log").read_text()
     assert log.startswith(before["train.log"].decode()) and f"resuming {run_dir / 'checkpoints' / 'last.ckpt'}" in log
     assert "- max_steps=45" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the resume's own config
+
+
+@pytest.mark.parametrize(("rank", "hpc"), [("0", False), ("0", True), ("1", False)])
+def test_the_early_folder_check_leaves_requeues_and_other_ranks_to_the_run(trained_run, tmp_path, monkeypatch,
+                                                                            rank, hpc):
+    """A new run into a finished run's folder is refused before the heavy imports; a SLURM requeue (an
+    hpc_ckpt file) resumes there, and a DDP rank other than zero shares the folder rank zero holds."""
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(trained_run, run_dir)
+    if hpc:
+        shutil.copy(run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt")
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    cfg = compose_run(run_dir, *TINY)
+    try:
+        if rank == "0" and not hpc:
+            with pytest.raises(CharLMError, match="holds a finished run"):
+                check_before_loading(cfg)
+        else:
+            check_before_loading(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @pytest.mark.parametrize("override", ["lr=nan", "ckpt_path=last", "data.path=nope.txt"])

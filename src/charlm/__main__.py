@@ -16,7 +16,7 @@ COMMANDS = {
     "export": ("charlm.inference.export", "main", "weights, config and vocabulary in one .npz, for the NumPy engine"),
     "quantize": ("charlm.inference.quantize", "main", "int8 weights, and what they cost in loss and buy in size"),
     "report": ("charlm.training.report", "main", "compare the runs of a sweep or folder"),
-    "bench": ("charlm.tools.bench", "main", "speed: training, generation, data, optimizer, speedrun"),
+    "bench": ("charlm.tools.bench", "main", "speed: training, generation, data, optimizer, speedrun, pictures"),
 }
 
 

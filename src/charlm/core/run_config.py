@@ -12,6 +12,7 @@ Torch-free and Lightning-free: it answers before the heavy imports.
 import copy
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -23,6 +24,7 @@ from charlm.core.corpus import check_source, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
+from charlm.core.run_folder import check_free, launched_rank, requeue_checkpoint
 from charlm.core.sweep import in_sweep, job_overrides
 from charlm.core.vocab import MODES
 
@@ -311,6 +313,10 @@ def prepare_run_config(cfg: DictConfig, overrides=(), sweep: bool = False) -> Ru
 
 def check_before_loading(cfg: DictConfig) -> None:
     """What `train` can refuse before torch and Lightning load (seconds): every value, checked on a copy
-    (the run itself prepares `cfg`), and a data file that is missing, empty or a folder."""
+    (the run itself prepares `cfg`), a data file that is missing, empty or a folder, and a new run's
+    folder holding another run (a SLURM requeue resumes in its own)."""
     settings = prepare_run_config(copy.deepcopy(cfg), job_overrides(), in_sweep())
     check_source(resolve_path(settings.data.path))
+    if settings.knobs.ckpt_path is None and launched_rank() == 0:  # the other ranks share rank zero's folder
+        run_dir = Path(cfg.paths.run_dir)
+        check_free(run_dir, resuming=requeue_checkpoint(run_dir) is not None)

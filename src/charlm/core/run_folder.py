@@ -63,8 +63,35 @@ def remove_unused_folders() -> None:
             made_here.pop().rmdir()
 
 
+def requeue_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint Lightning saved in this run folder on SLURM's requeue signal (SIGUSR1 with
+    `#SBATCH --signal`): hpc_ckpt_<n>.ckpt. A requeued job with the same run folder resumes from it."""
+    saved = sorted(Path(run_dir).glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rpartition("_")[2] or 0))
+    return saved[-1] if saved else None
+
+
 def holds_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("hpc_ckpt_*.ckpt"))
+    return any((folder / name).exists() for name in RUN_FILES) or requeue_checkpoint(folder) is not None
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher (torchrun, Lightning's DDP, SLURM) set it, read from the
+    variables Lightning reads, before Lightning is imported; 0 when none is set."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def check_free(folder: Path, resuming: bool) -> None:
+    """Refuse at once what hold_run_folder will refuse (it checks again, holding the lock): a folder a live
+    run holds, or one holding another run when this one does not resume it."""
+    folder = Path(folder)
+    if (folder / ".lock").exists():
+        with open(folder / ".lock", "a+") as lock:  # closing it lets the lock go
+            lock_or_refuse(lock, folder)
+    if not resuming and holds_run(folder):
+        raise taken(folder)
 
 
 def taken(folder: Path) -> CharLMError:

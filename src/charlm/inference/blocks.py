@@ -78,7 +78,8 @@ class BlockDataset(Dataset):
 
     def __getitem__(self, offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = torch.from_numpy(self.ids[np.asarray(offsets)[:, None] + self.window].astype(np.int64))  # (B, T+1)
-        return blocks[:, :-1], blocks[:, 1:]
+        # contiguous: a compiled model sees the strides it was compiled for, and does not recompile
+        return blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous()
 
 
 def evaluation_offsets(length: int, block_size: int, max_tokens: int | None = None) -> np.ndarray:

@@ -93,10 +93,11 @@ class InsidePictures(L.Callback):
         training = model.training
         model.eval()
         try:
-            if hasattr(model, "attention_maps"):
-                tag, image = "inside/attention", attention_grid(attention_maps(model, ids))
-            else:
-                tag, image = "inside/influence", influence_strip(influence(model, ids))
+            with torch.compiler.set_stance("force_eager"):  # a compiled model would recompile for this pass
+                if hasattr(model, "attention_maps"):
+                    tag, image = "inside/attention", attention_grid(attention_maps(model, ids))
+                else:
+                    tag, image = "inside/influence", influence_strip(influence(model, ids))
         finally:
             model.train(training)
         for board in boards:

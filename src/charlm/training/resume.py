@@ -21,13 +21,6 @@ def run_folder_of(checkpoint: Path) -> Path | None:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
-def requeue_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint Lightning saved in this run folder on SLURM's requeue signal (SIGUSR1 with
-    `#SBATCH --signal`): hpc_ckpt_<n>.ckpt. A requeued job with the same run folder resumes from it."""
-    saved = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rpartition("_")[2] or 0))
-    return saved[-1] if saved else None
-
-
 def best_score(checkpoint: dict) -> float | None:
     """The best val/loss the run had reached when this checkpoint was saved (None: not recorded)."""
     return (checkpoint.get(BEST_KEY) or {}).get("loss")

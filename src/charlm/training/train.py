@@ -22,7 +22,7 @@ from charlm.core.errors import Interrupted
 from charlm.core.generation import sample_text
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
-from charlm.core.run_folder import hold_run_folder
+from charlm.core.run_folder import hold_run_folder, requeue_checkpoint
 from charlm.core.sweep import NOT_SETTINGS, as_dict, in_sweep, job_overrides, setting_key
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, best_checkpoint, load_model, read_checkpoint
@@ -36,7 +36,7 @@ from charlm.training.lightning_module import LanguageModel
 from charlm.training.memory import check_fits
 from charlm.training.muon import native_bfloat16, newton_schulz_dtype
 from charlm.training.report import write_report
-from charlm.training.resume import best_score, fine_tune_source, requeue_checkpoint, resume_checkpoint, run_folder_of
+from charlm.training.resume import best_score, fine_tune_source, resume_checkpoint, run_folder_of
 from charlm.training.trackers import build_loggers, check_trackers, log_results, remember_runs, tracker_commands
 from charlm.training.trainer import build_trainer
 
