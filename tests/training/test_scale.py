@@ -124,9 +124,15 @@ def test_bf16_mixed_precision_trains_both_models(tmp_path, model, optimizer):
 
 @pytest.mark.slow
 def test_compile_trains_the_same_as_eager(tmp_path, capsys):
+    from torch._dynamo.utils import counters
+
     eager, eager_weights = train_here(tmp_path, "eager")
+    counters.clear()
     compiled, compiled_weights = train_here(tmp_path, "compiled", "compile=true")
     assert "compiled the model with torch.compile" in capsys.readouterr().out
+    # two graphs, training's and validation's (no gradients): batches keep the strides it was compiled
+    # for, and the validation pictures run eagerly
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
     assert compiled_weights.keys() == eager_weights.keys()  # no _orig_mod. prefix in checkpoints
     assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-4)
 
