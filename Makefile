@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch
+# Test processes (pytest-xdist): logical is one per CPU; TEST_JOBS=0 runs the suite in one process.
+TEST_JOBS ?= logical
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
@@ -24,7 +26,7 @@ train: install  ## the CPU speed-run (a 0.24M GPT) on Tiny Shakespeare, then pri
 	$(BIN)/python sample.py num_tokens=300
 
 test: lint  ## lint, then the whole test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal
 
 lint: install  ## ruff's checks (the code keeps its own layout, not ruff format's)
 	$(BIN)/ruff check .

@@ -20,7 +20,8 @@ def share_the_cores() -> None:
     small models slow down many times when threads fight."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cpus // workers))
 
 
 share_the_cores()
@@ -82,8 +83,8 @@ def train_in_process(run_dir: Path, *overrides: str) -> float:
         HydraConfig.instance().cfg = None
 
 
-def sample_in_process(run_dir: Path, num_tokens: int = 20, prompt: str = "T") -> str:
-    """What `python sample.py ckpt=RUN_DIR num_tokens=N prompt=TEXT seed=0` prints, run in this process."""
+def sample_in_process(run_dir: Path, num_tokens: int = 20, prompt: str = "T", *overrides: str) -> str:
+    """What `python sample.py ckpt=RUN_DIR num_tokens=N prompt=TEXT seed=0 OVERRIDES` prints, run in this process."""
     import contextlib
     import io
 
@@ -91,7 +92,7 @@ def sample_in_process(run_dir: Path, num_tokens: int = 20, prompt: str = "T") ->
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="sample", overrides=[f"ckpt={run_dir}", f"num_tokens={num_tokens}",
-                                                      f"prompt={prompt}", "seed=0"])
+                                                      f"prompt={prompt}", "seed=0", *overrides])
     with contextlib.redirect_stdout(io.StringIO()) as out:
         sample(cfg)
     return out.getvalue()
