@@ -108,9 +108,11 @@ def test_config_answers_import_neither_torch_nor_lightning(script, flag):
 
 @pytest.mark.parametrize(("override", "error"), [
     ("nlayer=3", "nlayer"), ("lr=nan", "error: lr must be a finite number > 0, got nan"),
-    ("data.path=nope.txt", "error: data file not found: nope.txt")])
+    ("data.path=nope.txt", "error: data file not found: nope.txt"),
+    ("init_from=nope.ckpt", "error: checkpoint not found: nope.ckpt"),
+    ("ckpt_path=last", "error: no run under outputs/runs has checkpoints/last.ckpt")])
 def test_a_mistake_is_answered_without_torch(tmp_path, override, error):
-    """A mistyped key, a bad value or a missing data file is refused before torch and Lightning load."""
+    """A mistyped key, a bad value, a missing data file or checkpoint is refused before torch and Lightning load."""
     result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), override],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and error in result.stderr

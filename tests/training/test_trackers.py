@@ -4,6 +4,7 @@ the same tracker run; a missing package is one line."""
 import csv
 import importlib.util
 import json
+import logging
 import shlex
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import urllib.request
 import pytest
 from conftest import TINY, free_port
 
-from charlm.core.errors import CharLMError
-from charlm.training.trackers import check_trackers
+from charlm.core.errors import CharLMError, log
+from charlm.core.run_folder import TrainLog, write_train_log
+from charlm.training.trackers import check_trackers, mlflow_logger
 
 
 def test_csv_logger_writes_val_loss_at_every_validation(train_here):
@@ -77,6 +79,25 @@ def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_new_mlflow_store_leaves_train_log_writing(tmp_path):
+    """MLflow sets up a new SQLite store with Alembic, whose logging.config call closes every handler and
+    replaces the root logger's: train.log used to stop at that point of a run."""
+    pytest.importorskip("mlflow")
+    root, handler = logging.getLogger(), TrainLog()  # as Hydra's job logging installs it for train.py
+    root.addHandler(handler)
+    try:
+        write_train_log(tmp_path)
+        log.warning("before")
+        mlflow_logger(str(tmp_path), None, None, str(tmp_path / "out"))
+        log.warning("after")
+        assert handler in root.handlers
+    finally:
+        root.removeHandler(handler)
+        handler.target.close()
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert [line.rsplit("] ", 1)[-1] for line in lines] == ["before", "after"]
 
 
 def test_wandb_runs_offline_without_a_login_and_a_resume_continues_its_run(train_here, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from charlm.core.corpus import check_source, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
-from charlm.core.run_folder import check_free, launched_rank, requeue_checkpoint
+from charlm.core.run_folder import check_free, find_checkpoint, launched_rank, requeue_checkpoint, resume_file
 from charlm.core.sweep import in_sweep, job_overrides
 from charlm.core.vocab import MODES
 
@@ -313,10 +313,16 @@ def prepare_run_config(cfg: DictConfig, overrides=(), sweep: bool = False) -> Ru
 
 def check_before_loading(cfg: DictConfig) -> None:
     """What `train` can refuse before torch and Lightning load (seconds): every value, checked on a copy
-    (the run itself prepares `cfg`), a data file that is missing, empty or a folder, and a new run's
-    folder holding another run (a SLURM requeue resumes in its own)."""
+    (the run itself prepares `cfg`), a data file that is missing, empty or a folder, a checkpoint to
+    resume or fine-tune that is not there, and a new run's folder holding another run (a SLURM requeue
+    resumes in its own)."""
     settings = prepare_run_config(copy.deepcopy(cfg), job_overrides(), in_sweep())
+    knobs = settings.knobs
     check_source(resolve_path(settings.data.path))
-    if settings.knobs.ckpt_path is None and launched_rank() == 0:  # the other ranks share rank zero's folder
+    if knobs.init_from is not None:
+        find_checkpoint(knobs.init_from)
+    if knobs.ckpt_path is not None:
+        resume_file(knobs.ckpt_path, Path(cfg.paths.root) / "runs")
+    elif launched_rank() == 0:  # the other ranks share rank zero's folder
         run_dir = Path(cfg.paths.run_dir)
         check_free(run_dir, resuming=requeue_checkpoint(run_dir) is not None)

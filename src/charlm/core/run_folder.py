@@ -74,6 +74,48 @@ def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES) or requeue_checkpoint(folder) is not None
 
 
+def newest_run(runs_dir: Path, holding: str = "checkpoints") -> Path:
+    """The most recently changed run folder under `runs_dir` (<paths.root>/runs) that holds `holding`."""
+    runs_dir = Path(runs_dir)
+    runs = sorted((p for p in runs_dir.glob("*") if (p / holding).exists()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise CharLMError(f"no run under {runs_dir} has {holding}; train one with `python train.py` or name it")
+    return runs[-1]
+
+
+def best_checkpoint(folder: Path) -> Path | None:
+    """The newest best*.ckpt in a run's checkpoints folder, if there is one."""
+    best = sorted(Path(folder).glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return best[-1] if best else None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CharLMError(f"checkpoint not found: {path}")
+    if path.is_file():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if best := best_checkpoint(folder):
+        return best
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}")
+
+
+def resume_file(ckpt_path: str, runs_dir: Path) -> Path:
+    """`last` (the newest run's last.ckpt), a run folder (its last.ckpt) or a checkpoint file."""
+    path = newest_run(runs_dir, "checkpoints/last.ckpt") if ckpt_path == "last" else Path(ckpt_path).expanduser()
+    last = path / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else find_checkpoint(path)
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/x.ckpt), if it is laid out so."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
 def launched_rank() -> int:
     """This process's rank as its launcher (torchrun, Lightning's DDP, SLURM) set it, read from the
     variables Lightning reads, before Lightning is imported; 0 when none is set."""
@@ -173,10 +215,10 @@ class TrainLog(MemoryHandler):
         return self.target is not None
 
     def close(self) -> None:
-        target = self.target
-        super().close()
-        if target is not None:
-            target.close()
+        """Flush and keep the target: a library's logging.config call closes every handler mid-run
+        (charlm.training.trackers.root_logging_kept puts this one back), and the file reopens to append."""
+        self.flush()
+        logging.Handler.close(self)
 
 
 def write_train_log(folder: Path) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from charlm.core.errors import CharLMError
 from charlm.core.export_format import read_export
 from charlm.core.model_config import full_config
+from charlm.core.run_folder import find_checkpoint
 from charlm.core.vocab import Vocabulary
 from charlm.models import build_model
 from charlm.models.int8 import quantize_model
@@ -20,36 +21,6 @@ from charlm.models.int8 import quantize_model
 # Keys the LightningModule adds to training checkpoints:
 TOKENS_KEY = "tokens_trained"  # training tokens so far, over every resume and batch size
 BEST_KEY = "best_val"  # {"loss": the lowest val/loss so far, "step": its global step}, or None before any
-
-
-def newest_run(runs_dir: Path, holding: str = "checkpoints") -> Path:
-    """The most recently changed run folder under `runs_dir` (<paths.root>/runs) that holds `holding`."""
-    runs_dir = Path(runs_dir)
-    runs = sorted((p for p in runs_dir.glob("*") if (p / holding).exists()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise CharLMError(f"no run under {runs_dir} has {holding}; train one with `python train.py` or name it")
-    return runs[-1]
-
-
-def best_checkpoint(folder: Path) -> Path | None:
-    """The newest best*.ckpt in a run's checkpoints folder, if there is one."""
-    best = sorted(Path(folder).glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return best[-1] if best else None
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CharLMError(f"checkpoint not found: {path}")
-    if path.is_file():
-        return path
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if best := best_checkpoint(folder):
-        return best
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}")
 
 
 def read_checkpoint(path: Path) -> dict:

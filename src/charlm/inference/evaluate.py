@@ -23,8 +23,9 @@ from charlm.core.corpus import ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import EvaluateConfig
 from charlm.core.run_config import DataConfig, group_settings
+from charlm.core.run_folder import find_checkpoint, newest_run
 from charlm.inference.blocks import RECORDED, BlockDataset, evaluation_offsets, split_bounds
-from charlm.inference.checkpoint import find_checkpoint, load_model, newest_run
+from charlm.inference.checkpoint import load_model
 from charlm.inference.torch_runner import check_device
 
 

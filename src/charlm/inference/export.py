@@ -15,7 +15,8 @@ from charlm.core.atomic import check_output
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
 from charlm.core.export_format import write_export
-from charlm.inference.checkpoint import find_checkpoint, load_model, numpy_weights
+from charlm.core.run_folder import find_checkpoint
+from charlm.inference.checkpoint import load_model, numpy_weights
 
 FORMATS = ("npz",)
 

@@ -13,8 +13,9 @@ from charlm.core.atomic import atomic_write, check_output
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import PicturesConfig
 from charlm.core.run_config import group_settings
+from charlm.core.run_folder import newest_run
 from charlm.core.vocab import Vocabulary
-from charlm.inference.checkpoint import load_model, newest_run
+from charlm.inference.checkpoint import load_model
 from charlm.inference.torch_runner import check_device
 
 SHOWN = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # characters that would be invisible on an axis

@@ -27,7 +27,8 @@ from charlm.core.atomic import atomic_write, check_output
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
 from charlm.core.generation import generate
-from charlm.inference.checkpoint import find_checkpoint, load_model
+from charlm.core.run_folder import find_checkpoint
+from charlm.inference.checkpoint import load_model
 from charlm.inference.evaluate import data_settings, score, split_ids
 from charlm.inference.export import export
 from charlm.inference.torch_runner import TorchRunner

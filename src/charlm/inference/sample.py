@@ -31,7 +31,8 @@ def open_model(cfg: DictConfig):
 
         model, vocab = load_export(cfg.ckpt)
         return model, vocab, f"{cfg.ckpt} (NumPy engine)"
-    from charlm.inference.checkpoint import load_model, newest_run, numpy_weights  # torch: imported only for this path
+    from charlm.core.run_folder import newest_run
+    from charlm.inference.checkpoint import load_model, numpy_weights  # torch: imported only for this path
     from charlm.inference.torch_runner import TorchRunner, check_device
 
     check_device("device", cfg.device)

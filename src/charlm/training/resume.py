@@ -4,21 +4,10 @@ from pathlib import Path
 
 from charlm.core.errors import CharLMError
 from charlm.core.model_config import full_config
+from charlm.core.run_folder import resume_file
 from charlm.core.vocab import Vocabulary
-from charlm.inference.checkpoint import BEST_KEY, LoadedModel, find_checkpoint, load_model, newest_run, read_checkpoint
+from charlm.inference.checkpoint import BEST_KEY, LoadedModel, load_model, read_checkpoint
 from charlm.training.console import say
-
-
-def resume_file(ckpt_path: str, runs_dir: Path) -> Path:
-    """`last` (the newest run's last.ckpt), a run folder (its last.ckpt) or a checkpoint file."""
-    path = newest_run(runs_dir, "checkpoints/last.ckpt") if ckpt_path == "last" else Path(ckpt_path).expanduser()
-    last = path / "checkpoints" / "last.ckpt"
-    return last if last.is_file() else find_checkpoint(path)
-
-
-def run_folder_of(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint belongs to (<run>/checkpoints/x.ckpt), if it is laid out so."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
 def best_score(checkpoint: dict) -> float | None:

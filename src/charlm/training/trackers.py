@@ -2,8 +2,10 @@
 Weights & Biases, through Lightning's own loggers; several at once with logger=[tensorboard,mlflow].
 MLflow and W&B are the [tracking] extra; a resumed run continues the same MLflow and W&B run."""
 
+import contextlib
 import importlib.util
 import json
+import logging
 import math
 import netrc
 import os
@@ -83,10 +85,28 @@ def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str 
     root_dir = Path(root).expanduser().absolute()
     if local:
         root_dir.mkdir(parents=True, exist_ok=True)
-    return MLFlowLogger(experiment_name=experiment_name or sweep_name() or "runs", run_name=run_name(save_dir),
-                        tracking_uri=local_store(root) if local else tracking_uri,
-                        artifact_location=(root_dir / "mlartifacts").as_uri() if local else None,
-                        run_id=remembered(save_dir, "mlflow"))
+    with root_logging_kept():  # the store is set up as the logger connects, here
+        return MLFlowLogger(experiment_name=experiment_name or sweep_name() or "runs", run_name=run_name(save_dir),
+                            tracking_uri=local_store(root) if local else tracking_uri,
+                            artifact_location=(root_dir / "mlartifacts").as_uri() if local else None,
+                            run_id=remembered(save_dir, "mlflow"))
+
+
+@contextlib.contextmanager
+def root_logging_kept():
+    """MLflow sets up a new SQLite store with Alembic, whose logging.config.fileConfig closes the root
+    logger's handlers and puts a console handler of its own in their place: train.log stopped there,
+    and Alembic's INFO lines reached the console. Put the run's handlers back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def logged_in_to_wandb() -> bool:

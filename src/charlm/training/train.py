@@ -22,10 +22,10 @@ from charlm.core.errors import Interrupted
 from charlm.core.generation import sample_text
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
-from charlm.core.run_folder import hold_run_folder, requeue_checkpoint
+from charlm.core.run_folder import best_checkpoint, hold_run_folder, requeue_checkpoint, run_folder_of
 from charlm.core.sweep import NOT_SETTINGS, as_dict, in_sweep, job_overrides, setting_key
 from charlm.core.vocab import Vocabulary
-from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, best_checkpoint, load_model, read_checkpoint
+from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, load_model, read_checkpoint
 from charlm.inference.torch_runner import TorchRunner
 from charlm.models import count_parameters
 from charlm.training.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
@@ -36,7 +36,7 @@ from charlm.training.lightning_module import LanguageModel
 from charlm.training.memory import check_fits
 from charlm.training.muon import native_bfloat16, newton_schulz_dtype
 from charlm.training.report import write_report
-from charlm.training.resume import best_score, fine_tune_source, resume_checkpoint, run_folder_of
+from charlm.training.resume import best_score, fine_tune_source, resume_checkpoint
 from charlm.training.trackers import build_loggers, check_trackers, log_results, remember_runs, tracker_commands
 from charlm.training.trainer import build_trainer
 
