@@ -95,8 +95,8 @@ def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str 
 @contextlib.contextmanager
 def root_logging_kept():
     """MLflow sets up a new SQLite store with Alembic, whose logging.config.fileConfig closes the root
-    logger's handlers and puts a console handler of its own in their place: train.log stopped there,
-    and Alembic's INFO lines reached the console. Put the run's handlers back."""
+    logger's handlers and puts a console handler of its own in their place: train.log stopped there.
+    Put the run's handlers back."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
