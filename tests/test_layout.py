@@ -169,7 +169,7 @@ def test_fallbacks_when_the_internals_are_gone(monkeypatch):
 def test_config_ships_inside_the_package():
     conf = PACKAGE / "conf"
     assert (conf / "config.yaml").is_file() and (conf / "sample.yaml").is_file()
-    from charlm.tools.bench import CONF
+    from charlm.tools.bench_cases import CONF
 
     assert CONF == conf
     # One copy: no conf/ link at the top of the repository (searches would show every file twice, and a

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 
-def test_generation_benchmark_writes_markdown_and_json(tmp_path):
-    cmd = [sys.executable, "-m", "charlm", "bench", "generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy",
-           "--compile", "--tokens", "40", "--batch", "1", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def test_generation_benchmark_writes_markdown_and_json(tmp_path, capsys):
+    from charlm.tools import bench
+
+    bench.main(["generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy", "--compile", "--tokens", "40",
+                "--batch", "1", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
     # one batch size (a compile each costs seconds); batches are timed alike
     assert [(r["preset"], r["backend"], r["batch"]) for r in rows] == [
@@ -22,7 +22,7 @@ def test_generation_benchmark_writes_markdown_and_json(tmp_path):
         ("cnn_0.2m", "torch", 1)]  # the CNN has no compiled step
     assert all(r["speedup"] == pytest.approx(r["cached_tokens_per_s"] / r["recompute_tokens_per_s"]) for r in rows)
     assert all((r["compile_s"] > 0) if r["backend"] == "torch+compile" else r["compile_s"] == "-" for r in rows)
-    assert "warning" not in result.stderr  # it compiled rather than falling back
+    assert "warning" not in capsys.readouterr().err  # it compiled rather than falling back
     assert "| gpt_0.2m | torch | cpu | 207,681 | 1 | 40 |" in (tmp_path / "generation.md").read_text()
 
 
@@ -46,10 +46,9 @@ def test_unknown_preset_is_one_clear_error(tmp_path, capsys):
 
 def test_training_benchmark_times_both_loops(tmp_path):
     case = "gpt_0.2m n_layer=1 n_embd=16 n_head=2"
-    cmd = [sys.executable, "-m", "charlm", "bench", "training", "--steps", "20", "--rounds", "1", "--case", case,
-           "--out", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from charlm.tools import bench
+
+    bench.main(["training", "--steps", "20", "--rounds", "1", "--case", case, "--out", str(tmp_path)])
     [row] = json.loads((tmp_path / "training.json").read_text())["rows"]
     assert row["case"] == case and row["tokens_per_step"] == 16 * 32
     step_s = row["lightning_ms_per_step"] / 1e3
@@ -143,10 +142,10 @@ def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
         "open('train.bin', 'wb').close(); open('meta.pkl', 'wb').close()")
     case = ("gpt_0.2m n_layer=1 n_embd=16 n_head=2 block_size=16 max_steps=20 eval_interval=10 lr=0.01 "
             "optimizer.warmup_steps=2")
-    cmd = [sys.executable, "-m", "charlm", "bench", "speedrun", "--case", case, "--thresholds", "4.1,2.5",
-           "--nanogpt", str(nanogpt), "--nanogpt-args", "config/x.py", "--out", str(tmp_path / "out")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from charlm.tools import bench
+
+    bench.main(["speedrun", "--case", case, "--thresholds", "4.1,2.5", "--nanogpt", str(nanogpt),
+                "--nanogpt-args", "config/x.py", "--out", str(tmp_path / "out")])
     assert (nanogpt / "data" / "shakespeare_char" / "input.txt").stat().st_size == 1_115_394  # the shipped text
     nano, ours = json.loads((tmp_path / "out" / "speedrun.json").read_text())["rows"]
     assert nano["run"] == "nanoGPT config/x.py" and nano["best_val_loss"] == 1.9 and nano["steps"] == 750
