@@ -10,19 +10,20 @@ import pytest
 import torch
 
 
-def test_generation_benchmark_writes_markdown_and_json(tmp_path, capsys):
+def test_generation_benchmark_writes_markdown_and_json(tmp_path):
+    """The table's rows and ratios. (--compile adds a torch+compile row per GPT preset; it is left out
+    here because a cold compile costs about 20 s, and the compiled step itself is tested in
+    tests/inference/test_sampling.py.)"""
     from charlm.tools import bench
 
-    bench.main(["generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy", "--compile", "--tokens", "40",
-                "--batch", "1", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    bench.main(["generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy", "--tokens", "40", "--batch", "1,2",
+                "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
-    # one batch size (a compile each costs seconds); batches are timed alike
     assert [(r["preset"], r["backend"], r["batch"]) for r in rows] == [
-        ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch+compile", 1), ("gpt_0.2m", "numpy", 1),
-        ("cnn_0.2m", "torch", 1)]  # the CNN has no compiled step
+        ("gpt_0.2m", "torch", 1), ("gpt_0.2m", "torch", 2), ("gpt_0.2m", "numpy", 1), ("gpt_0.2m", "numpy", 2),
+        ("cnn_0.2m", "torch", 1), ("cnn_0.2m", "torch", 2)]
     assert all(r["speedup"] == pytest.approx(r["cached_tokens_per_s"] / r["recompute_tokens_per_s"]) for r in rows)
-    assert all((r["compile_s"] > 0) if r["backend"] == "torch+compile" else r["compile_s"] == "-" for r in rows)
-    assert "warning" not in capsys.readouterr().err  # it compiled rather than falling back
+    assert all(r["compile_s"] == "-" for r in rows)
     assert "| gpt_0.2m | torch | cpu | 207,681 | 1 | 40 |" in (tmp_path / "generation.md").read_text()
 
 
