@@ -146,3 +146,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def refusal(main, argv: list[str], capsys) -> str:
+    """What a tool's argparse `main` (export, bench, ...) prints when it refuses ARGV, run in this process as
+    the `charlm` command runs it; the exit status of each entry point in a process is tested in
+    test_reliability.py."""
+    from charlm.core.cli import run_cli
+
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(main, argv)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err

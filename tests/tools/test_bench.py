@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import refusal
+
+from charlm.tools.bench import main as bench_main
 
 
 def test_generation_benchmark_writes_markdown_and_json(tmp_path):
     """The table's rows and ratios. (--compile adds a torch+compile row per GPT preset; it is left out
     here because a cold compile costs about 20 s, and the compiled step itself is tested in
     tests/inference/test_sampling.py.)"""
-    from charlm.tools import bench
-
-    bench.main(["generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy", "--tokens", "40", "--batch", "1,2",
+    bench_main(["generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy", "--tokens", "40", "--batch", "1,2",
                 "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
     assert [(r["preset"], r["backend"], r["batch"]) for r in rows] == [
@@ -27,29 +28,15 @@ def test_generation_benchmark_writes_markdown_and_json(tmp_path):
     assert "| gpt_0.2m | torch | cpu | 207,681 | 1 | 40 |" in (tmp_path / "generation.md").read_text()
 
 
-def refusal(argv: list[str], capsys) -> str:
-    """What `charlm bench ARGV` prints when it refuses, run in this process as the console script runs it
-    (the process's exit status is tested with the other entry points' in test_reliability.py)."""
-    from charlm.core.cli import run_cli
-    from charlm.tools.bench import main
-
-    with pytest.raises(SystemExit) as stopped:
-        run_cli(main, argv)
-    assert stopped.value.code == 2
-    return capsys.readouterr().err
-
-
 def test_unknown_preset_is_one_clear_error(tmp_path, capsys):
-    error = refusal(["generation", "--presets", "gpt_9m", "--out", str(tmp_path)], capsys)
+    error = refusal(bench_main, ["generation", "--presets", "gpt_9m", "--out", str(tmp_path)], capsys)
     assert error.startswith("error: unknown preset 'gpt_9m'; presets: cnn_0.2m") and error.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
 def test_training_benchmark_times_both_loops(tmp_path):
     case = "gpt_0.2m n_layer=1 n_embd=16 n_head=2"
-    from charlm.tools import bench
-
-    bench.main(["training", "--steps", "20", "--rounds", "1", "--case", case, "--out", str(tmp_path)])
+    bench_main(["training", "--steps", "20", "--rounds", "1", "--case", case, "--out", str(tmp_path)])
     [row] = json.loads((tmp_path / "training.json").read_text())["rows"]
     assert row["case"] == case and row["tokens_per_step"] == 16 * 32
     step_s = row["lightning_ms_per_step"] / 1e3
@@ -61,7 +48,7 @@ def test_training_benchmark_times_both_loops(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asking_for_a_gpu_without_one_is_one_clear_error(tmp_path, capsys):
-    error = refusal(["generation", "--device", "cuda", "--out", str(tmp_path)], capsys)
+    error = refusal(bench_main, ["generation", "--device", "cuda", "--out", str(tmp_path)], capsys)
     assert error == "error: --device cuda: this machine has no CUDA GPU that torch can use\n"
 
 
@@ -143,9 +130,7 @@ def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
         "open('train.bin', 'wb').close(); open('meta.pkl', 'wb').close()")
     case = ("gpt_0.2m n_layer=1 n_embd=16 n_head=2 block_size=16 max_steps=20 eval_interval=10 lr=0.01 "
             "optimizer.warmup_steps=2")
-    from charlm.tools import bench
-
-    bench.main(["speedrun", "--case", case, "--thresholds", "4.1,2.5", "--nanogpt", str(nanogpt),
+    bench_main(["speedrun", "--case", case, "--thresholds", "4.1,2.5", "--nanogpt", str(nanogpt),
                 "--nanogpt-args", "config/x.py", "--out", str(tmp_path / "out")])
     assert (nanogpt / "data" / "shakespeare_char" / "input.txt").stat().st_size == 1_115_394  # the shipped text
     nano, ours = json.loads((tmp_path / "out" / "speedrun.json").read_text())["rows"]
@@ -159,9 +144,7 @@ def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
 
 
 def test_the_pictures_benchmark_weighs_a_picture_against_the_runs_steps(tmp_path):
-    from charlm.tools import bench
-
-    bench.main(["pictures", "--steps", "20", "--case", "gpt_0.2m max_steps=100 eval_interval=25", "--case",
+    bench_main(["pictures", "--steps", "20", "--case", "gpt_0.2m max_steps=100 eval_interval=25", "--case",
                 "cnn_0.2m", "--out", str(tmp_path)])
     gpt, cnn = json.loads((tmp_path / "pictures.json").read_text())["rows"]
     assert (gpt["case"], gpt["validations"], cnn["validations"]) == ("gpt_0.2m max_steps=100 eval_interval=25", 5, 11)
