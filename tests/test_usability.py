@@ -37,10 +37,14 @@ def test_quoting_for_hydra_gives_back_the_exact_text(compose_config, text):
 
 
 def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
-    for text in TRICKY[:3]:
-        result = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt={text}", "num_tokens=5", "seed=0")
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert result.stdout.startswith(text) and len(result.stdout) == len(text) + 5 + 1
+    for text in TRICKY:  # each as sample.py reads its arguments, in this process
+        argv = ["sample.py", f"prompt={text}"]
+        take_text_arguments((), argv)  # prompt=TEXT becomes prompt=QUOTED, which Hydra reads back as TEXT
+        assert sample_in_process(polyglot_run, 5, argv[1].removeprefix("prompt=")).startswith(text)
+    text = TRICKY[2]  # and through a process: commas, brackets, '=', quotes and CJK
+    result = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt={text}", "num_tokens=5", "seed=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(text) and len(result.stdout) == len(text) + 5 + 1
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("line two\nRÖMEO", encoding="utf-8")
     from_file = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt_file={prompt_file}", "num_tokens=5")
