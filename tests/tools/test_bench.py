@@ -15,8 +15,8 @@ from charlm.tools.bench import main as bench_main
 
 def test_generation_benchmark_writes_markdown_and_json(tmp_path):
     """The table's rows and ratios. (--compile adds a torch+compile row per GPT preset; it is left out
-    here because a cold compile costs about 20 s, and the compiled step itself is tested in
-    tests/inference/test_sampling.py.)"""
+    here because a compile into an empty Inductor cache is slow, and the compiled step itself is tested
+    in tests/inference/test_sampling.py.)"""
     bench_main(["generation", "--presets", "gpt_0.2m,cnn_0.2m", "--numpy", "--tokens", "40", "--batch", "1,2",
                 "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]

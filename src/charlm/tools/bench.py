@@ -58,7 +58,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-baseline", action="store_true",
                         help="data: skip nanoGPT-style encoding (slow and memory-hungry on large corpora)")
     parser.add_argument("--thresholds", type=positive_list(float, "finite numbers"), default=None,
-                        help="speedrun: validation losses to time (default 1.884,1.70,1.60)")
+                        help="speedrun: validation losses to time, comma-separated (default: THRESHOLDS in "
+                        "bench_speedrun.py)")
     parser.add_argument("--nanogpt", type=Path, default=None,
                         help="speedrun: a nanoGPT checkout; its own train.py runs first, on the same text")
     parser.add_argument("--nanogpt-args", default=None,
