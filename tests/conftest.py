@@ -1,9 +1,9 @@
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
+import forked
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -53,6 +53,26 @@ def user_facing_errors():
     turn them into tracebacks in every subprocess, so the session runs without them."""
     saved = {name: os.environ.pop(name) for name in ("CHARLM_DEBUG", "HYDRA_FULL_ERROR") if name in os.environ}
     yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def forking_server(token_cache, user_facing_errors):
+    """The server the command-line runs fork from (see forked.py), started with the session's environment
+    while the first tests run."""
+    forked.server()
+    yield
+    forked.close_server()
+
+
+@pytest.fixture(autouse=True)
+def own_environment():
+    """Each test starts from the session's environment: runs in the test process set variables (Lightning's
+    seed, its DDP port, Inductor's cache folder) that would otherwise reach later tests' runs."""
+    saved = dict(os.environ)
+    yield
+    for name in os.environ.keys() - saved.keys():
+        del os.environ[name]
     os.environ.update(saved)
 
 
@@ -121,11 +141,10 @@ def compose_config():
     return _compose
 
 
-def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train.py / sample.py through the real command line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
+               input: str | None = None) -> subprocess.CompletedProcess:
+    """Run train.py / sample.py / evaluate.py through the command line, in a process of its own (forked.py)."""
+    return forked.run([ROOT / script, *args], cwd or ROOT, input=input, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

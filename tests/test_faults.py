@@ -5,11 +5,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import forked
 import pytest
 import torch
 from conftest import CONF, ROOT, TINY, compose_run, folder_bytes, run_script
@@ -307,11 +306,11 @@ def test_a_sweep_into_an_earlier_sweeps_folder_is_refused(tmp_path):
 def test_runs_started_together_get_their_own_folders(tmp_path):
     assert new_folder(str(tmp_path / "x")) == str(tmp_path / "x")
     assert new_folder(str(tmp_path / "x")) == str(tmp_path / "x-2")
-    processes = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "max_steps=3", "eval_interval=3",
-                                   f"paths.root={tmp_path / 'out'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [forked.start([ROOT / "train.py", *TINY, "max_steps=3", "eval_interval=3",
+                               f"paths.root={tmp_path / 'out'}"], ROOT) for _ in range(2)]
     for process in processes:
-        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
     runs = sorted((tmp_path / "out" / "runs").iterdir())
     assert len(runs) == 2
     for run in runs:  # each its own: config, summary, one event file, its own log
@@ -344,19 +343,17 @@ def test_slurm_requeue_saves_and_the_requeued_job_resumes(tmp_path):
     folder and asks scontrol to requeue (absent here: a warning); the requeued job, given the same run
     folder, resumes from it."""
     run_dir = tmp_path / "job"
-    slurm = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "charlm", "SLURM_NTASKS": "1",
-             "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODELIST": "127.0.0.1"}
-    args = [sys.executable, str(ROOT / "train.py"), *TINY, "eval_interval=20", f"hydra.run.dir={run_dir}"]
-    log = tmp_path / "first-job.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen([*args, "max_steps=100000"], cwd=ROOT, env=slurm, stdout=output, stderr=output)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "charlm", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_NODELIST": "127.0.0.1"}
+    args = [ROOT / "train.py", *TINY, "eval_interval=20", f"hydra.run.dir={run_dir}"]
+    process = forked.start([*args, "max_steps=100000"], ROOT, slurm)
 
     def wait_for(path: Path) -> None:
         deadline = time.time() + 120
         while not path.is_file():
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, f"no {path.name}: " + log.read_text()[-3000:]
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, f"no {path.name}"
             time.sleep(0.05)
 
     wait_for(run_dir / "checkpoints" / "last.ckpt")  # training, with Lightning's signal handlers in place
@@ -365,8 +362,7 @@ def test_slurm_requeue_saves_and_the_requeued_job_resumes(tmp_path):
     process.kill()
     process.wait()
     saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"]
-    requeued = subprocess.run([*args, f"max_steps={saved + 5}"], cwd=ROOT, env=slurm, capture_output=True, text=True,
-                              timeout=300)
+    requeued = forked.run([*args, f"max_steps={saved + 5}"], ROOT, slurm)
     assert requeued.returncode == 0, requeued.stderr[-2000:]
     assert f"resuming {run_dir / 'hpc_ckpt_1.ckpt'} at step {saved}" in requeued.stdout
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved + 5

@@ -4,6 +4,7 @@ answers from the entry points, and what to do after a run."""
 import subprocess
 import sys
 
+import forked
 import pytest
 from conftest import ROOT, TINY, run_script, sample_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -49,8 +50,7 @@ def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
     prompt_file.write_text("line two\nRÖMEO", encoding="utf-8")
     from_file = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt_file={prompt_file}", "num_tokens=5")
     assert from_file.returncode == 0 and from_file.stdout.startswith("line two\nRÖMEO")
-    from_stdin = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"ckpt={polyglot_run}", "prompt=-",
-                                 "num_tokens=5"], input="朱丽叶", capture_output=True, text=True, timeout=120)
+    from_stdin = run_script("sample.py", f"ckpt={polyglot_run}", "prompt=-", "num_tokens=5", input="朱丽叶")
     assert from_stdin.returncode == 0 and from_stdin.stdout.startswith("朱丽叶")
     # the errors, in this process (that every entry point's errors are one line: test_reliability.py)
     with pytest.raises(CharLMError, match="not in the model's vocabulary: 'Z'"):
@@ -137,10 +137,9 @@ def test_one_charlm_command_runs_every_entry_point(trained_run, tmp_path):
     config = subprocess.run([*charlm, "train", "--cfg", "job", "n_layer=3"], capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
     assert config.returncode == 0 and "n_layer: 3" in config.stdout
-    sampled = subprocess.run([sys.executable, "-m", "charlm", "sample", f"ckpt={trained_run}", "num_tokens=7",
-                              "prompt=The king"], capture_output=True, text=True, timeout=120)
+    sampled = forked.run(["-m", "charlm", "sample", f"ckpt={trained_run}", "num_tokens=7", "prompt=The king"], ROOT)
     assert sampled.returncode == 0 and sampled.stdout.startswith("The king") and len(sampled.stdout) == 16
     for args, message in [(["nonsense"], "unknown command 'nonsense'"),
                           (["export", str(tmp_path / "none.ckpt")], "checkpoint not found")]:
-        failed = subprocess.run([sys.executable, "-m", "charlm", *args], capture_output=True, text=True, timeout=60)
+        failed = forked.run(["-m", "charlm", *args], ROOT)
         assert failed.returncode == 2 and failed.stderr.startswith(f"error: {message}"), failed.stderr

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import forked
 import numpy as np
 import pytest
 import torch
@@ -148,9 +149,7 @@ def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):
 
 
 def test_export_command_and_its_errors(trained_run, tmp_path, capsys):
-    result = subprocess.run([sys.executable, "-m", "charlm", "export", str(trained_run), "--out",
-                             str(tmp_path / "m.npz")],
-                            capture_output=True, text=True, timeout=120)
+    result = forked.run(["-m", "charlm", "export", trained_run, "--out", tmp_path / "m.npz"], ROOT)
     assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "m.npz")
     meta, arrays = read_export(tmp_path / "m.npz")
     loaded = load_model(trained_run)

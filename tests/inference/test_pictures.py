@@ -3,14 +3,14 @@ to 1, equal to the NumPy engine's), the CNN's influence confined to its receptiv
 and its errors, and the images a training run sends to TensorBoard."""
 
 import subprocess
-import sys
 from dataclasses import asdict
 
+import forked
 import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from conftest import CONF, TINY, TINY_CNN
+from conftest import CONF, ROOT, TINY, TINY_CNN
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -71,7 +71,7 @@ def test_the_attention_command_writes_a_readable_png(trained_run, tmp_path, caps
 
 
 def charlm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "charlm", *args], capture_output=True, text=True, timeout=300)
+    return forked.run(["-m", "charlm", *args], ROOT)
 
 
 def test_the_attention_command_through_the_command_line(trained_run, tmp_path):

@@ -1,14 +1,13 @@
 """The benchmark command runs and writes its tables. Speed itself is measured, never asserted, in tests."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import forked
 import pytest
 import torch
-from conftest import refusal
+from conftest import ROOT, refusal
 
 from charlm.tools.bench import main as bench_main
 
@@ -78,9 +77,8 @@ def pool_workers(parent: int) -> list[int]:
 def test_killing_the_training_benchmark_also_stops_its_worker(tmp_path):
     """Each case runs in a worker process. Killing the command must not leave it running: it would
     keep both cores busy and skew whatever is measured next."""
-    cmd = [sys.executable, "-m", "charlm", "bench", "training", "--steps", "100000", "--rounds", "1",
-           "--case", "gpt_0.2m n_layer=1 n_embd=16 n_head=2", "--out", str(tmp_path)]
-    bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench = forked.start(["-m", "charlm", "bench", "training", "--steps", "100000", "--rounds", "1",
+                          "--case", "gpt_0.2m n_layer=1 n_embd=16 n_head=2", "--out", tmp_path], ROOT)
     deadline = time.monotonic() + 120
     while not (workers := pool_workers(bench.pid)):
         assert bench.poll() is None and time.monotonic() < deadline, "the benchmark started no worker"

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import forked
 import pytest
 import torch
-from conftest import ROOT, TINY, folder_bytes, sample_in_process, train_in_process
+from conftest import ROOT, TINY, folder_bytes, run_script, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.core.errors import CharLMError
@@ -43,12 +44,11 @@ def saved_step(checkpoint: Path) -> int:
         return -1
 
 
-def start_training(run_dir: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *STEADY, f"hydra.run.dir={run_dir}", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def start_training(run_dir: Path, *args: str) -> forked.Run:
+    return forked.start([ROOT / "train.py", *STEADY, f"hydra.run.dir={run_dir}", *args], ROOT)
 
 
-def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path, step: int, timeout: float = 120) -> int:
+def wait_for_checkpoint(process: forked.Run, checkpoint: Path, step: int, timeout: float = 120) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert process.poll() is None, "training ended before it could be interrupted"
@@ -144,8 +144,7 @@ def test_a_live_runs_folder_is_refused_before_anything_in_it_changes(tmp_path):
         wait_for_checkpoint(live, run_dir / "checkpoints" / "last.ckpt", 50)
         os.kill(live.pid, signal.SIGSTOP)  # frozen, so its own writes cannot change the folder meanwhile
         before = folder_bytes(run_dir)
-        second = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "n_layer=2", "lr=5e-3",
-                                 f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        second = run_script("train.py", *TINY, "n_layer=2", "lr=5e-3", f"hydra.run.dir={run_dir}")
         assert second.returncode == 2
         assert second.stderr == f"error: {run_dir} is in use by a live run (pid {live.pid}); wait for it to end, or " \
                                 "give this run its own folder\n"
@@ -190,9 +189,8 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130(tmp_path):
 
 
 def test_sigterm_in_a_sweep_reports_the_jobs_that_ran_and_stops(tmp_path):
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *STEADY, "max_steps=100000",
-                                f"hydra.sweep.dir={tmp_path}", "seed=1,2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process = forked.start([ROOT / "train.py", "-m", *STEADY, "max_steps=100000", f"hydra.sweep.dir={tmp_path}",
+                            "seed=1,2"], ROOT)
     deadline = time.time() + 120
     while not (jobs := list(tmp_path.glob("0_*"))) and time.time() < deadline:
         time.sleep(0.05)
@@ -267,8 +265,7 @@ def test_every_entry_point_rejects_bad_input_in_one_line(case, trained_run, tmp_
     if args[0].endswith(".py"):
         args = [str(ROOT / args[0]), *args[1:]]
     before = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = forked.run(args, tmp_path)
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-2000:]
     assert "Traceback" not in result.stderr

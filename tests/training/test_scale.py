@@ -2,10 +2,8 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
+import forked
 import pytest
 import torch
 from conftest import ROOT, TINY, TINY_CNN, free_port, run_script, train_in_process
@@ -77,10 +75,9 @@ def test_torchrun_launches_ddp_that_matches_one_process(tmp_path, one_process):
     """torchrun starts both processes itself (as on every machine of a multi-node job); each runs
     train.py with trainer.strategy=ddp into one fixed run folder, as the README says."""
     run_dir = tmp_path / "torchrun"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "train.py"),
-                             *RUN, *DDP, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = forked.run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                         f"--master_port={free_port()}", ROOT / "train.py", *RUN, *DDP, "trainer.strategy=ddp",
+                         f"hydra.run.dir={run_dir}"], ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_trains_like_one_process(read_run(run_dir), one_process)
 
@@ -93,11 +90,9 @@ def test_slurm_tasks_run_ddp_that_matches_one_process(tmp_path, one_process):
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "charlm", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
              "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1",
              "MASTER_PORT": str(free_port())}
-    tasks = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RUN, *DDP, "trainer.strategy=ddp",
-                               f"hydra.run.dir={run_dir}"], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
-             for rank in range(2)]
+    tasks = [forked.start([ROOT / "train.py", *RUN, *DDP, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}"], ROOT,
+                          {**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}, fresh=True)
+             for rank in range(2)]  # fresh interpreters, as srun starts them (forked ranks once hung here)
     outputs = [task.communicate(timeout=300) for task in tasks]
     for rank, (task, (_, stderr)) in enumerate(zip(tasks, outputs, strict=True)):
         assert task.returncode == 0, stderr[-3000:]
