@@ -93,7 +93,8 @@ class Server:
     def __init__(self) -> None:
         self.channel, theirs = socket.socketpair()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.log = tempfile.NamedTemporaryFile(prefix="forked-server-", suffix=".log", delete=False)
+        self.folder = Path(tempfile.mkdtemp(prefix="forked-"))  # the server's log, the runs' streams
+        self.log = open(self.folder / "server.log", "w")
         self.process = subprocess.Popen([sys.executable, __file__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
                                         stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env=self.env)
         theirs.close()
@@ -113,7 +114,7 @@ class Server:
             except (TimeoutError, BlockingIOError):
                 return None
             if not received:
-                raise RuntimeError(f"the forking server died: {Path(self.log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"the forking server died: {(self.folder / 'server.log').read_text()[-3000:]}")
             self.pending += received
         line, self.pending = self.pending.split(b"\n", 1)
         message = json.loads(line)
@@ -131,7 +132,8 @@ class Server:
         self.channel.close()
         self.process.terminate()  # it may still be importing; the runs it forked have ended
         self.process.wait(timeout=60)
-        os.unlink(self.log.name)
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _server: Server | None = None
@@ -157,7 +159,7 @@ class Run:
     def __init__(self, argv: list, cwd: Path, env: dict, input: str | None = None):
         self.args = [str(arg) for arg in argv]
         self.returncode: int | None = None
-        self.folder = Path(tempfile.mkdtemp(prefix="forked-run-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=server().folder))
         streams = {name: self.folder / name for name in ("stdin", "stdout", "stderr")}
         streams["stdin"].write_text(input or "")
         streams["stdout"].touch()
