@@ -88,7 +88,7 @@ def become(request: dict) -> None:
 
 
 class Server:
-    """One per test process, started on first use; `start` forks a run from it."""
+    """One per test process (conftest starts it with the session); `start` forks a run from it."""
 
     def __init__(self) -> None:
         self.channel, theirs = socket.socketpair()
