@@ -60,7 +60,8 @@ def user_facing_errors():
 def forking_server(token_cache, user_facing_errors):
     """The server the command-line runs fork from (see forked.py), started with the session's environment
     while the first tests run."""
-    forked.server()
+    if forked.FORKS:
+        forked.server()
     yield
     forked.close_server()
 

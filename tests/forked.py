@@ -32,6 +32,8 @@ PRELOAD = ("torch", "lightning.pytorch", "hydra", "matplotlib.pyplot", "charlm.c
 # when a run starts.
 READ_AFTER_IMPORTS = ("PYTEST_CURRENT_TEST", "PYTHONUNBUFFERED", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
                       "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", "SLURM_")
+# Forking a process that has loaded these libraries is safe on Linux; elsewhere every run starts afresh.
+FORKS = sys.platform == "linux"
 
 
 def serve(channel: socket.socket) -> dict | None:
@@ -208,7 +210,7 @@ def start(argv: list, cwd: Path, env: dict | None = None, input: str | None = No
     """`python ARGV` in `cwd` with this process's environment plus `env`, output captured as text: forked
     where the environment allows it (READ_AFTER_IMPORTS) unless `fresh`, else in a fresh interpreter."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    if not fresh and server().can_run(env):
+    if FORKS and not fresh and server().can_run(env):
         return Run(argv, cwd, env, input)
     return subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, env=env,
                             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
