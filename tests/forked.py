@@ -37,6 +37,11 @@ READ_AFTER_IMPORTS = ("PYTEST_CURRENT_TEST", "PYTHONUNBUFFERED", "PL_GLOBAL_SEED
 FORKS = sys.platform == "linux"
 
 
+def environment(extra: dict | None = None) -> dict:
+    """A run's environment: this process's, unbuffered output, and `extra`."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
 def serve(channel: socket.socket) -> dict | None:
     """The server: fork a child per request and report how each ended; returns the request in a child."""
     for name in PRELOAD:
@@ -96,7 +101,7 @@ class Server:
 
     def __init__(self) -> None:
         self.channel, theirs = socket.socketpair()
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.env = environment()
         self.folder = Path(tempfile.mkdtemp(prefix="forked-"))  # the server's log, the runs' streams
         self.log = open(self.folder / "server.log", "w")
         self.process = subprocess.Popen([sys.executable, __file__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
@@ -211,7 +216,7 @@ def start(argv: list, cwd: Path, env: dict | None = None, input: str | None = No
           fresh: bool = False) -> "Run | subprocess.Popen":
     """`python ARGV` in `cwd` with this process's environment plus `env`, output captured as text: forked
     where the environment allows it (READ_AFTER_IMPORTS) unless `fresh`, else in a fresh interpreter."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = environment(env)
     if FORKS and not fresh and server().can_run(env):
         return Run(argv, cwd, env, input)
     return subprocess.Popen([sys.executable, *map(str, argv)], cwd=cwd, env=env,
