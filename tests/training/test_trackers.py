@@ -36,12 +36,15 @@ def api(port: int, path: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, tmp_path, capsys):
+def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, tmp_path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    out = tmp_path / "out"
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     _, run_dir = train_here(*TINY, "logger=[tensorboard,mlflow]", f"paths.root={out}", "max_steps=20",
                             "eval_interval=10")
+    assert not any(cwd.iterdir())  # everything under the output root; no ./mlruns
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
     assert run.info.run_id == json.loads((run_dir / "trackers.json").read_text())["mlflow"]
@@ -62,8 +65,9 @@ def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, 
     # the `mlflow ui` command the run printed serves the run table (its REST API), with no other server
     assert printed == f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
     port = free_port()
+    # its cwd: `mlflow ui` makes an empty ./mlruns (its default artifact root) wherever it starts
     server = subprocess.Popen([sys.executable, "-m", *shlex.split(printed), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 90
         while True:

@@ -85,11 +85,24 @@ def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str 
     root_dir = Path(root).expanduser().absolute()
     if local:
         root_dir.mkdir(parents=True, exist_ok=True)
-    with root_logging_kept():  # the store is set up as the logger connects, here
+    with root_logging_kept(), no_stray_folder(Path("mlruns")):  # the store is set up as the logger connects
         return MLFlowLogger(experiment_name=experiment_name or sweep_name() or "runs", run_name=run_name(save_dir),
                             tracking_uri=local_store(root) if local else tracking_uri,
                             artifact_location=(root_dir / "mlartifacts").as_uri() if local else None,
                             run_id=remembered(save_dir, "mlflow"))
+
+
+@contextlib.contextmanager
+def no_stray_folder(folder: Path):
+    """MLflow's SQL store makes ./mlruns, its default artifact root, in the working directory, though
+    every experiment here keeps its artifacts under the output root: remove it if it is new and empty."""
+    existed = folder.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 @contextlib.contextmanager
