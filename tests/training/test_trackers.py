@@ -5,7 +5,9 @@ import csv
 import importlib.util
 import json
 import logging
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -65,9 +67,12 @@ def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, 
     # the `mlflow ui` command the run printed serves the run table (its REST API), with no other server
     assert printed == f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
     port = free_port()
-    # its cwd: `mlflow ui` makes an empty ./mlruns (its default artifact root) wherever it starts
-    server = subprocess.Popen([sys.executable, "-m", *shlex.split(printed), "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # cwd: `mlflow ui` makes an empty ./mlruns (its default artifact root) where it starts. It runs gunicorn
+    # as a child process, which outlives a stopped `mlflow ui`: hence a session of its own to stop as one.
+    # One worker instead of four: serving one request needs no more, and starts 3 s sooner.
+    server = subprocess.Popen([sys.executable, "-m", *shlex.split(printed), "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], cwd=cwd, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 90
         while True:
@@ -81,8 +86,20 @@ def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, 
         runs = api(port, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run.info.run_id]
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        deadline = time.time() + 30
+        while not process_group_gone(server.pid):
+            assert time.time() < deadline, "mlflow ui's gunicorn outlived it"
+            time.sleep(0.2)
+
+
+def process_group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def test_a_new_mlflow_store_leaves_train_log_writing(tmp_path):
