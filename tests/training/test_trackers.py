@@ -102,9 +102,10 @@ def process_group_gone(group: int) -> bool:
     return False
 
 
-def test_a_new_mlflow_store_leaves_train_log_writing(tmp_path):
+def test_a_new_mlflow_store_leaves_train_log_writing(tmp_path, capfd):
     """MLflow sets up a new SQLite store with Alembic, whose logging.config call closes every handler and
-    replaces the root logger's: train.log used to stop at that point of a run."""
+    replaces the root logger's: train.log used to stop at that point of a run, and the set-up printed
+    its INFO lines (one per migration) on the console."""
     pytest.importorskip("mlflow")
     root, handler = logging.getLogger(), TrainLog()  # as Hydra's job logging installs it for train.py
     root.addHandler(handler)
@@ -119,6 +120,8 @@ def test_a_new_mlflow_store_leaves_train_log_writing(tmp_path):
         handler.target.close()
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert [line.rsplit("] ", 1)[-1] for line in lines] == ["before", "after"]
+    printed = capfd.readouterr()
+    assert "INFO" not in printed.out + printed.err
 
 
 def test_wandb_runs_offline_without_a_login_and_a_resume_continues_its_run(train_here, tmp_path, monkeypatch):

@@ -109,12 +109,14 @@ def no_stray_folder(folder: Path):
 def root_logging_kept():
     """MLflow sets up a new SQLite store with Alembic, whose logging.config.fileConfig closes the root
     logger's handlers and puts a console handler of its own in their place: train.log stopped there.
-    Put the run's handlers back."""
+    Put the run's handlers back, and keep the set-up's INFO lines (some 40 migration steps) off the console."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, disabled = root.handlers[:], root.level, root.manager.disable
+    logging.disable(logging.INFO)
     try:
         yield
     finally:
+        logging.disable(disabled)
         for handler in root.handlers:
             if handler not in handlers:
                 handler.close()
