@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import charlm
 from charlm.inference import internals as torch_internals
@@ -139,6 +140,11 @@ def test_the_private_internals_still_exist():
     assert model._compiled_call_impl is not None
     assert torch_internals.undo_module_compile(model) and model._compiled_call_impl is None
     assert torch_internals.mark_static_address(torch.zeros(2))
+    assert torch_internals.count_cpu_attention_flops()
+    q = torch.zeros(1, 2, 8, 4)  # (B, H, T, D): 2 products of 2 x (8 x 4 x 8) multiply-adds each
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert counter.get_total_flops() == 2 * 2 * (2 * 8 * 4 * 8)
     trainer_module = L.LightningModule()
     assert hasattr(trainer_module, lightning_internals.LIGHTNING_HOOK_NAME_ATTRIBUTE)  # Lightning still names hooks so
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -163,6 +169,7 @@ def test_fallbacks_when_the_internals_are_gone(monkeypatch):
         pass
 
     assert not torch_internals.undo_module_compile(Plain())
+    assert not torch_internals.count_cpu_attention_flops("no_such_attention_op")  # attention counts 0 FLOPs
     assert not lightning_internals.align_logging_step(Plain())
 
 

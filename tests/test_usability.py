@@ -7,6 +7,7 @@ import sys
 import forked
 import pytest
 from conftest import ROOT, TINY, run_script, sample_in_process
+from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -83,11 +84,18 @@ def test_every_run_has_its_settings_and_results_in_tensorboards_hparams_tab(trai
     assert "epoch" not in tags and not any(tag.startswith("lr-AdamW") for tag in tags)
 
 
-def test_a_run_ends_with_the_commands_to_use_it(train_here, capsys):
+def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train_here, capsys, caplog):
     _, run_dir = train_here(*TINY, "max_steps=3", "eval_interval=3")
     out = capsys.readouterr().out
     assert f"next:\n  python sample.py ckpt={run_dir}\n  python evaluate.py ckpt={run_dir}\n" \
            f"  tensorboard --logdir {run_dir}" in out
+    # Lightning's model summary: the FLOPs of one block (T=16) through the 1-layer, 16-wide GPT, attention
+    # included: 2 T per weight of its matrices (3C^2 + C^2 + 4C^2 + 4C^2 in the block, C x 65 in the head)
+    # and 2 T^2 C for each of the two attention products
+    T, C = 16, 16
+    flops = 2 * T * (12 * C * C + C * 65) + 2 * 2 * T * T * C  # 147,968: "147 K" (without attention "131 K")
+    summary = next(r.getMessage() for r in caplog.records if "Total Flops" in r.getMessage())
+    assert summary.splitlines()[-1].split() == [*get_human_readable_count(flops).split(), "Total", "Flops"]
 
 
 def modules_imported(importtime_log: str) -> set[str]:

@@ -33,3 +33,22 @@ def mark_static_address(tensor: torch.Tensor) -> bool:
         return False
     mark(tensor)
     return True
+
+
+CPU_ATTENTION_OP = "_scaled_dot_product_flash_attention_for_cpu"  # what F.scaled_dot_product_attention runs on CPU
+
+
+def count_cpu_attention_flops(op_name: str = CPU_ATTENTION_OP) -> bool:
+    """Have torch's FLOP counter (which Lightning's model summary uses) count the CPU's fused attention
+    kernel with the formula it uses for the GPU's. torch registers one for the CUDA flash, efficient and
+    cuDNN kernels but not for the CPU's, so a summary on the CPU left the attention products out.
+    Returns False where that op is gone (attention then counts 0 again).
+    """
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, op_name, None)
+    if op is None:
+        return False
+    if op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(op, get_raw=True)(flop_counter.sdpa_flop)  # sdpa_flop takes shapes
+    return True

@@ -26,6 +26,7 @@ from charlm.core.run_folder import best_checkpoint, hold_run_folder, requeue_che
 from charlm.core.sweep import NOT_SETTINGS, as_dict, in_sweep, job_overrides, setting_key
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, load_model, read_checkpoint
+from charlm.inference.internals import count_cpu_attention_flops
 from charlm.inference.torch_runner import TorchRunner
 from charlm.models import count_parameters
 from charlm.training.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
@@ -108,6 +109,9 @@ def build(plan: Plan, cfg: DictConfig) -> tuple[LanguageModel, list]:
         example = torch.zeros(plan.knobs.batch_size, plan.knobs.block_size, dtype=torch.long, device=plan.device)
         if compile_model(module.model, example, cfg.trainer.precision):
             say("compiled the model with torch.compile")
+    else:  # the model summary's FLOPs and sizes: one block through the model (compiled, it would compile again)
+        count_cpu_attention_flops()
+        module.example_input_array = torch.zeros(1, plan.knobs.block_size, dtype=torch.long)
     # FinalValidation is not a config option: every run ends validated and checkpointed.
     return module, [instantiate(c) for c in cfg.callbacks.values()] + [FinalValidation()]
 
