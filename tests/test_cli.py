@@ -233,7 +233,7 @@ def report_rows(folder):
         return list(csv.DictReader(file))
 
 
-def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
+def test_sweep_over_both_models_writes_a_comparison_report(tmp_path, monkeypatch):
     root = tmp_path.parent / "elsewhere"
     result = sweep(tmp_path, "model=cnn,gpt", f"paths.root={root}", "logger=[tensorboard,mlflow]")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -261,6 +261,7 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path):
     # MLflow: both jobs in one experiment named after the sweep, each run named by what it varies
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.chdir(root)  # a client makes ./mlruns, its default artifact root, where it starts
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
     assert sorted(run.info.run_name for run in runs) == ["model=cnn", "model=gpt"]
