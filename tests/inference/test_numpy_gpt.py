@@ -136,6 +136,22 @@ def test_sampling_picks_the_faster_engine(trained_run, exported, overrides, engi
             assert ("NumPy engine" in what) == (engine == "NumpyGPT")
 
 
+def test_a_cnn_export_samples_on_torch_and_only_backend_numpy_refuses_it(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from charlm.inference.sample import open_model
+
+    config = dict(name="cnn", n_layer=2, n_embd=16, block_size=16)
+    model = build_model(config, vocab_size=3)
+    path = tmp_path / "cnn.npz"
+    write_export(path, config, "abc", {name: value.numpy() for name, value in model.state_dict().items()})
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={path}"]))  # backend=auto
+        assert type(runner).__name__ == "TorchRunner" and vocab.chars == "abc" and what.endswith("(torch)")
+        with pytest.raises(CharLMError, match="^the NumPy engine runs GPT models; .* holds a cnn model$"):
+            open_model(compose("sample", overrides=[f"ckpt={path}", "backend=numpy"]))
+
+
 def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):
     # torch made unimportable: any `import torch` on this path raises ImportError.
     code = ("import sys, runpy; sys.modules['torch'] = None; "

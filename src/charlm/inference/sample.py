@@ -18,7 +18,8 @@ from charlm.core.run_config import group_settings
 def open_model(cfg: DictConfig):
     """(runner, vocabulary, what runs) for the configured backend. `auto` runs a GPT on the NumPy engine
     when it generates one text at a time on the CPU, uncompiled: there the NumPy engine's matrix-vector
-    products use every core and torch's use one (docs/performance.md); torch runs everything else."""
+    products use every core and torch's use one (docs/performance.md); torch runs everything else,
+    the CNN included."""
     export = cfg.ckpt is not None and str(cfg.ckpt).endswith(".npz")
     if cfg.backend == "numpy" and not export:
         raise CharLMError("backend=numpy runs a portable export: first `charlm export CHECKPOINT "
@@ -27,10 +28,13 @@ def open_model(cfg: DictConfig):
     numpy_engine = cfg.backend == "numpy" or (
         cfg.backend == "auto" and cfg.num_samples == 1 and not cfg.compile and str(cfg.device).split(":")[0] == "cpu")
     if numpy_engine and export:
-        from charlm.inference.numpy_gpt import load_export  # imported here: this path never imports torch
+        from charlm.core.export_format import read_export
+        from charlm.inference.numpy_gpt import from_export  # imported here: this path never imports torch
 
-        model, vocab = load_export(cfg.ckpt)
-        return model, vocab, f"{cfg.ckpt} (NumPy engine)"
+        meta, arrays = read_export(cfg.ckpt)
+        if cfg.backend == "numpy" or meta["model"].get("name") == "gpt":
+            model, vocab = from_export(cfg.ckpt, meta, arrays)
+            return model, vocab, f"{cfg.ckpt} (NumPy engine)"
     from charlm.core.run_folder import newest_run
     from charlm.inference.checkpoint import load_model, numpy_weights  # torch: imported only for this path
     from charlm.inference.torch_runner import TorchRunner, check_device

@@ -11,11 +11,15 @@ from charlm.inference.numpy_gpt.model import NumpyGPT, random_weights
 
 def load_export(path) -> tuple[NumpyGPT, Vocabulary]:
     """A GPT from a portable export (`python -m charlm export CKPT --format npz`)."""
-    meta, arrays = read_export(path)
+    return from_export(path, *read_export(path))
+
+
+def from_export(path, meta: dict, arrays: dict) -> tuple[NumpyGPT, Vocabulary]:
+    """The same from an export already read (`read_export`)."""
     config = dict(meta["model"])
     if config.get("name") != "gpt":
         raise CharLMError(f"the NumPy engine runs GPT models; {path} holds a {config.get('name')} model")
     return NumpyGPT(config, arrays), Vocabulary(meta["vocab"], meta.get("vocab_mode", "chars"))
 
 
-__all__ = ["NumpyGPT", "load_export", "random_weights"]
+__all__ = ["NumpyGPT", "from_export", "load_export", "random_weights"]
