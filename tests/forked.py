@@ -30,9 +30,11 @@ PRELOAD = ("torch", "lightning.pytorch", "hydra", "matplotlib.pyplot", "charlm.c
 # Variables in which a run's environment may differ from the server's, all read long after the imports:
 # pytest names the current test; PYTHONUNBUFFERED is set for every run; a run in the test's own process
 # sets Lightning's seed and Inductor's pointer to its compiled code; Lightning reads SLURM's variables
-# when a run starts.
+# when a run starts, Inductor its cache folder when it compiles.
 READ_AFTER_IMPORTS = ("PYTEST_CURRENT_TEST", "PYTHONUNBUFFERED", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
-                      "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", "SLURM_")
+                      "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", "SLURM_", "TORCHINDUCTOR_CACHE_DIR")
+# Read at import, and applied again in a forked child: Inductor's C++ compiler (its config.cpp.cxx).
+REAPPLIED = ("CXX",)
 # Forking a process that has loaded these libraries is safe on Linux; elsewhere every run starts afresh.
 FORKS = sys.platform == "linux"
 
@@ -77,8 +79,13 @@ def serve(channel: socket.socket) -> dict | None:
 def become(request: dict) -> None:
     """In the forked child: take the run's folder, environment and streams, then run its script."""
     os.chdir(request["cwd"])
+    changed = {name for name in REAPPLIED if request["env"].get(name) != os.environ.get(name)}
     os.environ.clear()
     os.environ.update(request["env"])
+    if "CXX" in changed:  # as a fresh interpreter's Inductor would read it
+        import torch._inductor.config
+
+        torch._inductor.config.cpp.cxx = (None, os.environ.get("CXX", "g++"))
     for fd, (path, flags) in enumerate([(request["stdin"], os.O_RDONLY), (request["stdout"], os.O_WRONLY),
                                         (request["stderr"], os.O_WRONLY)]):
         opened = os.open(path, flags)
@@ -112,7 +119,7 @@ class Server:
 
     def can_run(self, env: dict) -> bool:
         differs = {key for key in env.keys() | self.env.keys() if env.get(key) != self.env.get(key)}
-        return all(key.startswith(READ_AFTER_IMPORTS) for key in differs)
+        return all(key.startswith(READ_AFTER_IMPORTS) or key in REAPPLIED for key in differs)
 
     def read(self, timeout: float | None) -> dict | None:
         """The next message from the server, or None if none came within `timeout` seconds."""
