@@ -33,8 +33,6 @@ PRELOAD = ("torch", "lightning.pytorch", "hydra", "matplotlib.pyplot", "charlm.c
 # when a run starts, Inductor its cache folder when it compiles.
 READ_AFTER_IMPORTS = ("PYTEST_CURRENT_TEST", "PYTHONUNBUFFERED", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
                       "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", "SLURM_", "TORCHINDUCTOR_CACHE_DIR")
-# Read at import, and applied again in a forked child: Inductor's C++ compiler (its config.cpp.cxx).
-REAPPLIED = ("CXX",)
 # Forking a process that has loaded these libraries is safe on Linux; elsewhere every run starts afresh.
 FORKS = sys.platform == "linux"
 
@@ -79,10 +77,10 @@ def serve(channel: socket.socket) -> dict | None:
 def become(request: dict) -> None:
     """In the forked child: take the run's folder, environment and streams, then run its script."""
     os.chdir(request["cwd"])
-    changed = {name for name in REAPPLIED if request["env"].get(name) != os.environ.get(name)}
+    new_compiler = request["env"].get("CXX") != os.environ.get("CXX")
     os.environ.clear()
     os.environ.update(request["env"])
-    if "CXX" in changed:  # as a fresh interpreter's Inductor would read it
+    if new_compiler:  # Inductor reads CXX at import into its config: hand it over as a fresh import would
         import torch._inductor.config
 
         torch._inductor.config.cpp.cxx = (None, os.environ.get("CXX", "g++"))
@@ -119,7 +117,7 @@ class Server:
 
     def can_run(self, env: dict) -> bool:
         differs = {key for key in env.keys() | self.env.keys() if env.get(key) != self.env.get(key)}
-        return all(key.startswith(READ_AFTER_IMPORTS) or key in REAPPLIED for key in differs)
+        return all(key.startswith(READ_AFTER_IMPORTS) or key == "CXX" for key in differs)  # CXX: see become
 
     def read(self, timeout: float | None) -> dict | None:
         """The next message from the server, or None if none came within `timeout` seconds."""

@@ -216,7 +216,7 @@ class TrainLog(MemoryHandler):
 
     def close(self) -> None:
         """Flush and keep the target: a library's logging.config call closes every handler mid-run
-        (charlm.training.trackers.root_logging_kept puts this one back), and the file reopens to append."""
+        (charlm.training.trackers.store_setup_undone puts this one back), and the file reopens to append."""
         self.flush()
         logging.Handler.close(self)
 

@@ -85,7 +85,7 @@ def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str 
     root_dir = Path(root).expanduser().absolute()
     if local:
         root_dir.mkdir(parents=True, exist_ok=True)
-    with root_logging_kept(), no_stray_folder(Path("mlruns")):  # the store is set up as the logger connects
+    with store_setup_undone():  # the store is set up as the logger connects
         return MLFlowLogger(experiment_name=experiment_name or sweep_name() or "runs", run_name=run_name(save_dir),
                             tracking_uri=local_store(root) if local else tracking_uri,
                             artifact_location=(root_dir / "mlartifacts").as_uri() if local else None,
@@ -93,25 +93,14 @@ def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str 
 
 
 @contextlib.contextmanager
-def no_stray_folder(folder: Path):
-    """MLflow's SQL store makes ./mlruns, its default artifact root, in the working directory, though
-    every experiment here keeps its artifacts under the output root: remove it if it is new and empty."""
-    existed = folder.exists()
-    try:
-        yield
-    finally:
-        if not existed:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-@contextlib.contextmanager
-def root_logging_kept():
-    """MLflow sets up a new SQLite store with Alembic, whose logging.config.fileConfig closes the root
-    logger's handlers and puts a console handler of its own in their place: train.log stopped there.
-    Put the run's handlers back, and keep the set-up's INFO lines (some 40 migration steps) off the console."""
-    root = logging.getLogger()
-    handlers, level, disabled = root.handlers[:], root.level, root.manager.disable
+def store_setup_undone():
+    """What setting up a new SQLite store does to this process, undone. Alembic's logging.config.fileConfig
+    closes the root logger's handlers and puts a console handler of its own in their place (train.log
+    stopped there): the run's handlers go back. Its INFO lines (some 40 migration steps) stay off the
+    console. And the store makes ./mlruns, its default artifact root, in the working directory, though
+    every experiment here keeps its artifacts under the output root: removed if new and empty."""
+    root, stray = logging.getLogger(), Path("mlruns")
+    handlers, level, disabled, stray_existed = root.handlers[:], root.level, root.manager.disable, stray.exists()
     logging.disable(logging.INFO)
     try:
         yield
@@ -122,6 +111,9 @@ def root_logging_kept():
                 handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
+        if not stray_existed:
+            with contextlib.suppress(OSError):
+                stray.rmdir()
 
 
 def logged_in_to_wandb() -> bool:
