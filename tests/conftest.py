@@ -25,6 +25,10 @@ def share_the_cores() -> None:
 
 
 share_the_cores()
+# Inductor's first compile in each process probes every vector instruction set the CPU reports by
+# building and loading a test library per set (seconds into an empty cache, and again in every
+# process): the tests take the CPU's word, as torch's own switch allows; kernels are still built for it.
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "charlm" / "conf"
 
