@@ -25,6 +25,7 @@ def test_the_command_agrees_with_the_runs_own_best_val_loss(trained_run):
     [line] = [line for line in result.stdout.splitlines() if line.startswith("val blocks:")]
     assert float(line.split("loss ")[1].split()[0]) == pytest.approx(best, abs=1e-4)
     assert "over 111,536 characters (blocks of 16;" in line  # the whole split: 6,971 blocks of 16
+    assert "%|" not in result.stderr  # no progress bar redrawn into a log that is not a terminal
 
 
 def test_block_scoring_matches_training_exactly_and_sliding_scores_every_character_once(trained_run):

@@ -53,7 +53,8 @@ def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None
     spans = windows(len(ids) - 1, block_size, stride)
     dataset = BlockDataset(ids, block_size)
     total, count = 0.0, 0
-    bar = tqdm(total=len(spans), unit="block", disable=not progress, file=sys.stderr, leave=False)
+    # None: a bar on a terminal only; a log file (SLURM's, a pipe) would collect every redraw
+    bar = tqdm(total=len(spans), unit="block", disable=None if progress else True, file=sys.stderr, leave=False)
     for i in range(0, len(spans), batch_size):
         batch = spans[i : i + batch_size]
         inputs, targets = dataset[[start for start, _ in batch]]  # (B, T) each
