@@ -151,6 +151,10 @@ def test_the_private_internals_still_exist():
                         enable_model_summary=False)
     trainer.fit_loop.epoch_loop._batches_that_stepped = 7
     assert lightning_internals.align_logging_step(trainer) and trainer.fit_loop.epoch_loop._batches_that_stepped == 0
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_logger = WandbLogger(offline=True)
+    assert lightning_internals.drop_wandb_anonymous(wandb_logger) and "anonymous" not in wandb_logger._wandb_init
 
 
 def test_plain_attribute_shortcut_only_takes_the_hook_name():

@@ -124,12 +124,13 @@ def test_a_new_mlflow_store_leaves_train_log_writing(tmp_path, capfd):
     assert "INFO" not in printed.out + printed.err
 
 
-def test_wandb_runs_offline_without_a_login_and_a_resume_continues_its_run(train_here, tmp_path, monkeypatch):
+def test_wandb_runs_offline_without_a_login_and_a_resume_continues_its_run(train_here, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     _, run_dir = train_here(*TINY, "logger=wandb", "max_steps=10", "eval_interval=10")
+    assert "anonymous" not in capfd.readouterr().err  # wandb's warning about an argument Lightning passes
     run_id = json.loads((run_dir / "trackers.json").read_text())["wandb"]
     train_here(*TINY, "logger=wandb", "max_steps=20", "eval_interval=10", f"ckpt_path={run_dir}",
                run_dir=tmp_path / "unused")

@@ -40,3 +40,15 @@ def align_logging_step(trainer) -> bool:
         return False
     loop._batches_that_stepped = trainer.global_step
     return True
+
+
+def drop_wandb_anonymous(logger) -> bool:
+    """Take out the `anonymous=None` that Lightning's WandbLogger always passes to wandb.init, which
+    recent wandb answers on every run with "The anonymous setting has no effect and will be removed"
+    (it warns about any value, None included; the logger has no public way to leave it out). Returns
+    False where the logger's init arguments are gone or hold another value: the warning then stays."""
+    arguments = getattr(logger, "_wandb_init", None)
+    if not isinstance(arguments, dict) or "anonymous" not in arguments or arguments["anonymous"] is not None:
+        return False
+    del arguments["anonymous"]
+    return True

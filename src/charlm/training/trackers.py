@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from charlm.core.atomic import atomic_write
 from charlm.core.errors import CharLMError
 from charlm.core.sweep import as_dict, in_sweep, label, swept_keys
+from charlm.training.internals import drop_wandb_anonymous
 
 NEEDS = {"mlflow": "mlflow", "wandb": "wandb"}  # logger option -> the package it needs
 IDS_FILE = "trackers.json"  # in the run folder: the MLflow and W&B run ids, for a resume to continue
@@ -131,8 +132,10 @@ def wandb_logger(save_dir: str, project: str, group: str | None, mode: str | Non
     if mode is None and "WANDB_MODE" not in os.environ:
         mode = "online" if logged_in_to_wandb() else "offline"
     run_id = remembered(save_dir, "wandb")
-    return WandbLogger(project=project, name=run_name(save_dir), group=group or sweep_name(), save_dir=save_dir,
-                       id=run_id, resume="allow" if run_id else None, mode=mode)
+    logger = WandbLogger(project=project, name=run_name(save_dir), group=group or sweep_name(), save_dir=save_dir,
+                         id=run_id, resume="allow" if run_id else None, mode=mode)
+    drop_wandb_anonymous(logger)
+    return logger
 
 
 def tracker_commands(cfg: DictConfig) -> list[str]:
