@@ -65,10 +65,11 @@ def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, 
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [9, 19, 29]
 
     # the `mlflow ui` command the run printed serves the run table (its REST API), with no other server
-    assert printed == f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
+    assert printed == (f"mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db "
+                       f"--default-artifact-root {out}/mlartifacts")
     port = free_port()
-    # cwd: `mlflow ui` makes an empty ./mlruns (its default artifact root) where it starts. It runs gunicorn
-    # as a child process, which outlives a stopped `mlflow ui`: hence a session of its own to stop as one.
+    # It runs gunicorn as a child process, which outlives a stopped `mlflow ui`: hence a session of its own
+    # to stop as one.
     # One worker instead of four: serving one request needs no more, and starts 3 s sooner.
     server = subprocess.Popen([sys.executable, "-m", *shlex.split(printed), "--host", "127.0.0.1", "--port", str(port),
                                "--workers", "1"], cwd=cwd, start_new_session=True,
@@ -92,6 +93,7 @@ def test_mlflow_records_the_run_in_sqlite_and_a_resume_continues_it(train_here, 
         while not process_group_gone(server.pid):
             assert time.time() < deadline, "mlflow ui's gunicorn outlived it"
             time.sleep(0.2)
+    assert not any(cwd.iterdir())  # the printed command makes no ./mlruns where the user starts it
 
 
 def process_group_gone(group: int) -> bool:

@@ -80,16 +80,20 @@ def local_store(root: str) -> str:
     return f"sqlite:///{Path(root).expanduser().absolute() / 'mlflow.db'}"
 
 
+def local_artifacts(root: str) -> Path:
+    """Where the default store's experiments keep their artifacts (text samples): under the output root."""
+    return Path(root).expanduser().absolute() / "mlartifacts"
+
+
 def mlflow_logger(save_dir: str, tracking_uri: str | None, experiment_name: str | None, root: str) -> MLFlowLogger:
     """MLflow's logger; by default against a SQLite store under the output root, which needs no server."""
     local = tracking_uri is None
-    root_dir = Path(root).expanduser().absolute()
     if local:
-        root_dir.mkdir(parents=True, exist_ok=True)
+        local_artifacts(root).parent.mkdir(parents=True, exist_ok=True)
     with store_setup_undone():  # the store is set up as the logger connects
         return MLFlowLogger(experiment_name=experiment_name or sweep_name() or "runs", run_name=run_name(save_dir),
                             tracking_uri=local_store(root) if local else tracking_uri,
-                            artifact_location=(root_dir / "mlartifacts").as_uri() if local else None,
+                            artifact_location=local_artifacts(root).as_uri() if local else None,
                             run_id=remembered(save_dir, "mlflow"))
 
 
@@ -139,11 +143,13 @@ def wandb_logger(save_dir: str, project: str, group: str | None, mode: str | Non
 
 
 def tracker_commands(cfg: DictConfig) -> list[str]:
-    """How to look at the run in a tracker that needs a command to start: MLflow's local store."""
+    """How to look at the run in a tracker that needs a command to start: MLflow's local store (with its
+    artifact root, or `mlflow ui` makes an empty ./mlruns, its default one, wherever it is started)."""
     mlflow = (cfg.logger or {}).get("mlflow")
     if mlflow is None or mlflow.tracking_uri is not None:
         return []
-    return [f"  mlflow ui --backend-store-uri {shlex.quote(local_store(mlflow.root))}"]
+    return [f"  mlflow ui --backend-store-uri {shlex.quote(local_store(mlflow.root))} "
+            f"--default-artifact-root {shlex.quote(str(local_artifacts(mlflow.root)))}"]
 
 
 def log_text(loggers: list[Logger], text: str, step: int) -> None:
