@@ -371,6 +371,10 @@ def test_slurm_requeue_saves_and_the_requeued_job_resumes(tmp_path):
 def test_train_log_holds_what_the_run_printed(trained_run):
     log = (trained_run / "train.log").read_text()
     assert "run gpt: gpt, " in log and "best checkpoint: " in log and "GPU available" in log
+    best = json.loads((trained_run / "summary.json").read_text())["best_val_loss"]
+    validations = [line.split("][INFO] ")[1] for line in log.splitlines() if ": val/loss " in line]
+    assert [line.split(":")[0] for line in validations] == ["step 20/40", "step 40/40"]  # one per validation
+    assert f"(best {best:.4f} at step " in validations[-1] and "; train/loss " in validations[-1]
 
 
 def test_a_model_too_large_for_memory_is_refused_through_the_command_line(tmp_path):
