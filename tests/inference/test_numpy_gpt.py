@@ -152,16 +152,36 @@ def test_a_cnn_export_samples_on_torch_and_only_backend_numpy_refuses_it(tmp_pat
             open_model(compose("sample", overrides=[f"ckpt={path}", "backend=numpy"]))
 
 
-def test_sample_with_the_numpy_backend_imports_no_torch(exported, tmp_path):
+@pytest.mark.parametrize("source", ["export, backend=numpy", "run folder, backend=auto"])
+def test_sampling_on_the_numpy_engine_imports_no_torch(trained_run, exported, tmp_path, source):
+    """An export, or a GPT's training checkpoint (read by charlm.core.internals): the same text as the
+    export gives with torch importable."""
+    args = ["backend=numpy", f"ckpt={exported}"] if source.startswith("export") else [f"ckpt={trained_run}"]
     # torch made unimportable: any `import torch` on this path raises ImportError.
     code = ("import sys, runpy; sys.modules['torch'] = None; "
-            f"sys.argv = ['sample.py', 'backend=numpy', 'ckpt={exported}', 'num_tokens=50', 'seed=1']; "
+            f"sys.argv = ['sample.py', *{args!r}, 'num_tokens=50', 'seed=1']; "
             f"runpy.run_path({str(ROOT / 'sample.py')!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout) == 1 + 50 + 1  # the newline prompt, 50 characters, a final newline
+    assert "(NumPy engine)" in result.stderr and len(result.stdout) == 1 + 50 + 1  # newline prompt, 50 characters
     with_torch = run_script("sample.py", "backend=numpy", f"ckpt={exported}", "num_tokens=50", "seed=1")
     assert with_torch.stdout == result.stdout
+
+
+def test_a_checkpoint_only_torch_can_read_still_runs_on_the_numpy_engine(trained_run, tmp_path):
+    """bfloat16 weights (NumPy has no bfloat16): torch reads the file, and the GPT still runs on NumPy."""
+    from hydra import compose, initialize_config_dir
+
+    from charlm.inference.sample import numpy_checkpoint, open_model
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["state_dict"] = {k: v.to(torch.bfloat16) for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "bf16.ckpt")
+    assert numpy_checkpoint(tmp_path / "bf16.ckpt") is None
+    assert numpy_checkpoint(trained_run) is not None
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={tmp_path / 'bf16.ckpt'}"]))
+    assert type(runner).__name__ == "NumpyGPT" and what.endswith("bf16.ckpt (NumPy engine)")
 
 
 def test_export_command_and_its_errors(trained_run, tmp_path, capsys):

@@ -116,3 +116,12 @@ def full_config(config: dict) -> dict:
         return dict(config)
     full.pop("vocab_size")
     return {"name": config.get("name"), **full}
+
+
+def model_state(state_dict: dict) -> dict:
+    """The model's own weights: drop the LightningModule's "model." prefix and torch.compile's "_orig_mod."."""
+    state = {}
+    for key, value in state_dict.items():
+        if key.startswith("model."):
+            state[key.removeprefix("model.").replace("_orig_mod.", "")] = value
+    return state

@@ -12,7 +12,7 @@ from torch import nn
 
 from charlm.core.errors import CharLMError
 from charlm.core.export_format import read_export
-from charlm.core.model_config import full_config
+from charlm.core.model_config import full_config, model_state
 from charlm.core.run_folder import find_checkpoint
 from charlm.core.vocab import Vocabulary
 from charlm.models import build_model
@@ -47,15 +47,6 @@ class LoadedModel:
     path: Path
     quantization: dict | None = None  # set for int8 checkpoints from charlm.inference.quantize
     data: dict | None = None  # the data settings its run recorded (training checkpoints only)
-
-
-def model_state(state_dict: dict) -> dict:
-    """The model's own weights: drop the LightningModule's "model." prefix and torch.compile's "_orig_mod."."""
-    state = {}
-    for key, value in state_dict.items():
-        if key.startswith("model."):
-            state[key.removeprefix("model.").replace("_orig_mod.", "")] = value
-    return state
 
 
 def load_model(path: str | Path) -> LoadedModel:

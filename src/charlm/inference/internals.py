@@ -1,4 +1,5 @@
-"""The private internals of torch this package touches (Lightning's: charlm.training.internals).
+"""The private internals of torch this package touches (Lightning's: charlm.training.internals; torch's file
+format, read without torch: charlm.core.internals).
 
 Each one has no public equivalent; each has a fallback for a release that drops it, and
 tests/test_layout.py fails loudly when one is gone, so an upgrade is noticed rather than silently slower.

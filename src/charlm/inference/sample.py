@@ -1,6 +1,6 @@
 """`sample.py`'s work: open a model (torch checkpoint, or NumPy export) and stream generated text.
 
-The NumPy backend never imports torch.
+The NumPy engine never imports torch, also when it runs a GPT's training checkpoint.
 """
 
 import sys
@@ -10,9 +10,15 @@ import numpy as np
 from omegaconf import DictConfig
 
 from charlm.core.errors import CharLMError
+from charlm.core.export_format import read_export
 from charlm.core.generation import generate
 from charlm.core.inference_config import SampleConfig
+from charlm.core.internals import NotReadable, read_torch_file
+from charlm.core.model_config import full_config, model_state
 from charlm.core.run_config import group_settings
+from charlm.core.run_folder import find_checkpoint, newest_run
+from charlm.core.vocab import Vocabulary
+from charlm.inference.numpy_gpt import NumpyGPT, from_export
 
 
 def open_model(cfg: DictConfig):
@@ -28,25 +34,40 @@ def open_model(cfg: DictConfig):
     numpy_engine = cfg.backend == "numpy" or (
         cfg.backend == "auto" and cfg.num_samples == 1 and not cfg.compile and str(cfg.device).split(":")[0] == "cpu")
     if numpy_engine and export:
-        from charlm.core.export_format import read_export
-        from charlm.inference.numpy_gpt import from_export  # imported here: this path never imports torch
-
         meta, arrays = read_export(cfg.ckpt)
         if cfg.backend == "numpy" or meta["model"].get("name") == "gpt":
             model, vocab = from_export(cfg.ckpt, meta, arrays)
             return model, vocab, f"{cfg.ckpt} (NumPy engine)"
-    from charlm.core.run_folder import newest_run
+    path = cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs")
+    if numpy_engine and (opened := numpy_checkpoint(path)) is not None:
+        return opened
     from charlm.inference.checkpoint import load_model, numpy_weights  # torch: imported only for this path
     from charlm.inference.torch_runner import TorchRunner, check_device
 
     check_device("device", cfg.device)
-    loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs"))
+    loaded = load_model(path)
     if numpy_engine and loaded.model_config["name"] == "gpt" and loaded.quantization is None:
-        from charlm.inference.numpy_gpt import NumpyGPT
-
         return NumpyGPT(loaded.model_config, numpy_weights(loaded.model)), loaded.vocab, f"{loaded.path} (NumPy engine)"
     runner = TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile)
     return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if cfg.compile else ''})"
+
+
+def numpy_checkpoint(path):
+    """(NumPy GPT, vocabulary, what runs) from a GPT's training checkpoint, read without torch; None where
+    torch must read the file (another model, int8 or bfloat16 weights, a file this reader does not know:
+    torch's loader then also says what is wrong with it)."""
+    file = find_checkpoint(path)
+    try:
+        checkpoint = read_torch_file(file)
+        hparams = checkpoint["hyper_parameters"]
+        if hparams["model"]["name"] != "gpt" or hparams.get("quantization") is not None:
+            return None
+        vocab = Vocabulary(hparams["vocab"], hparams.get("vocab_mode", "chars"))
+        model = NumpyGPT(full_config(hparams["model"]), model_state(checkpoint["state_dict"]))
+        model.logits(np.zeros((1, 1), dtype=np.int64))  # weights of the shapes the config says, or an error
+    except (NotReadable, KeyError, TypeError, ValueError, IndexError, CharLMError):
+        return None
+    return model, vocab, f"{file} (NumPy engine)"
 
 
 def sample(cfg: DictConfig) -> None:

@@ -1,4 +1,5 @@
-"""The private internals of Lightning this package touches (torch's: charlm.inference.internals).
+"""The private internals of Lightning this package touches (torch's: charlm.inference.internals and
+charlm.core.internals).
 
 Each one is here because it was measured to matter or has no public equivalent; each has a fallback
 to the public path for a release that drops it, and tests/test_layout.py fails loudly when one is gone,

@@ -1,0 +1,71 @@
+"""The private internals of torch this package knows without importing torch: its checkpoint format
+(torch's own: charlm.inference.internals; Lightning's: charlm.training.internals).
+
+A training checkpoint read with NumPy is what sample.py needs to run a GPT on the NumPy engine without
+importing torch, which took most of a `python sample.py` (docs/performance.md).
+
+torch.save writes a zip of `data.pkl` (the object, tensors as references to storages) and one file per
+storage. Checkpoints here hold plain types and float32/integer tensors only (they load with torch.load's
+weights_only=True), so a pickle reader that knows torch's tensor-rebuilding function and its storage
+types reads them all. Anything else (bfloat16 weights, another object, another layout: a torch release
+that changes the format) raises `NotReadable`, and the caller loads the file with torch instead;
+tests/core/test_internals.py compares the two readers on a real checkpoint.
+"""
+
+import collections
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                  "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+                  "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+class NotReadable(Exception):
+    """The file is not one this reader knows; torch.load decides what it is."""
+
+
+def rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_) -> np.ndarray:
+    """torch._utils._rebuild_tensor_v2's job: the (read-only) view of a storage that a tensor is."""
+    return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=[step * storage.itemsize for step in stride], writeable=False)
+
+
+class CheckpointUnpickler(pickle.Unpickler):
+    def __init__(self, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(archive.open(f"{prefix}data.pkl"))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return rebuild_tensor
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        raise NotReadable(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        kind, dtype, key, _location, numel = pid  # ("storage", FloatStorage's dtype, "0", "cpu", numel)
+        if kind != "storage" or not isinstance(dtype, type):
+            raise NotReadable(str(pid))
+        return np.frombuffer(self.archive.read(f"{self.prefix}data/{key}"), dtype=dtype, count=numel)
+
+
+def read_torch_file(path: Path) -> dict:
+    """The object torch.save wrote to `path`, tensors as NumPy arrays; NotReadable if this reader cannot
+    be sure of it (then torch.load can)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            [pickled] = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            prefix = pickled.removesuffix("data.pkl")
+            if archive.read(f"{prefix}byteorder").decode() != sys.byteorder:
+                raise NotReadable("byte order")
+            return CheckpointUnpickler(archive, prefix).load()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise NotReadable(str(err)) from None
+
