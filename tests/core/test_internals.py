@@ -1,5 +1,7 @@
 """Training checkpoints read without torch (charlm.core.internals) hold exactly what torch.load reads."""
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,22 @@ def test_views_strides_and_offsets_survive(tmp_path):
              "flags": torch.tensor([True, False]), "half": torch.ones(3, dtype=torch.float16), "nothing": None}
     torch.save(saved, tmp_path / "x.pt")
     assert_same(read_torch_file(tmp_path / "x.pt"), torch.load(tmp_path / "x.pt", weights_only=True))
+
+
+def test_a_view_outside_its_storage_is_refused(tmp_path):
+    """A crafted or damaged file must not make a view into memory beyond what the file holds."""
+    torch.save({"w": torch.arange(6.0)}, tmp_path / "x.pt")
+    assert read_torch_file(tmp_path / "x.pt")["w"].tolist() == [0, 1, 2, 3, 4, 5]
+    with zipfile.ZipFile(tmp_path / "x.pt") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    [pickled] = [name for name in entries if name.endswith("data.pkl")]
+    # the tensor's size (6,) is pickled as the one-byte integer 6 (BININT1): make it 600
+    entries[pickled] = entries[pickled].replace(b"K\x06\x85", b"MX\x02\x85", 1)
+    with zipfile.ZipFile(tmp_path / "crafted.pt", "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(NotReadable, match="outside its storage"):
+        read_torch_file(tmp_path / "crafted.pt")
 
 
 @pytest.mark.parametrize("content", ["bfloat16", "object", "truncated", "text"])

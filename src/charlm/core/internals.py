@@ -30,7 +30,12 @@ class NotReadable(Exception):
 
 
 def rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2's job: the (read-only) view of a storage that a tensor is."""
+    """torch._utils._rebuild_tensor_v2's job: the (read-only) view of a storage that a tensor is. A view
+    reaching outside its storage (a damaged or crafted file) is refused, as torch refuses it."""
+    if len(size) != len(stride) or min((offset, *size, *stride), default=0) < 0:
+        raise NotReadable(f"tensor of size {size} and stride {stride}")
+    if 0 not in size and offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True)) >= len(storage):
+        raise NotReadable(f"tensor of size {size} and stride {stride} at {offset} outside its storage")
     return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=[step * storage.itemsize for step in stride], writeable=False)
 
@@ -51,7 +56,7 @@ class CheckpointUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         kind, dtype, key, _location, numel = pid  # ("storage", FloatStorage's dtype, "0", "cpu", numel)
-        if kind != "storage" or not isinstance(dtype, type):
+        if kind != "storage" or dtype not in STORAGE_DTYPES.values():
             raise NotReadable(str(pid))
         return np.frombuffer(self.archive.read(f"{self.prefix}data/{key}"), dtype=dtype, count=numel)
 
@@ -66,6 +71,6 @@ def read_torch_file(path: Path) -> dict:
             if archive.read(f"{prefix}byteorder").decode() != sys.byteorder:
                 raise NotReadable("byte order")
             return CheckpointUnpickler(archive, prefix).load()
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         raise NotReadable(str(err)) from None
 
