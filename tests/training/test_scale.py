@@ -1,6 +1,7 @@
 """Precision, compile and data parallelism, through the real command line on CPU."""
 
 import json
+import logging
 import math
 
 import forked
@@ -8,6 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, TINY_CNN, free_port, run_script, train_in_process
 
+from charlm.core.errors import log
 from charlm.inference.checkpoint import model_state
 
 STEPS = ["max_steps=30", "eval_interval=15"]
@@ -64,8 +66,17 @@ def test_ddp_spawn_with_muon_matches_one_process(tmp_path, capsys):
     bfloat16: as tight as AdamW under torchrun and SLURM below. (In bfloat16, a float32 summation-order
     difference can flip a rounding, and the weights agree to about 1e-3.)"""
     muon = ["optimizer=muon", "optimizer.muon_dtype=float32"]
-    ddp = train_here(tmp_path, "ddp", *DDP, *muon)
+    launcher_log = logging.NullHandler()  # as Hydra's job logging gives the launching process one, with its format
+    launcher_log.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    log.addHandler(launcher_log)
+    try:
+        ddp = train_here(tmp_path, "ddp", *DDP, *muon)
+    finally:
+        log.removeHandler(launcher_log)
     assert "best checkpoint" in capsys.readouterr().out  # the spawning process reports the run
+    # rank zero, a process of its own, still writes a line per validation to the run's train.log
+    validations = [line for line in (tmp_path / "ddp" / "train.log").read_text().splitlines() if "val/loss" in line]
+    assert [line.split(":")[0] for line in validations] == ["[INFO] step 15/30", "[INFO] step 30/30"]
     assert_trains_like_one_process(ddp, train_here(tmp_path, "single", "trainer=cpu", "batch_size=16", "threads=1",
                                                    *muon))
 

@@ -1,6 +1,9 @@
-"""Training callbacks of our own: a validation at the last step, a text sample in TensorBoard at every
-validation, Ctrl-C and SIGTERM that save before they stop, and checkpoints that survive a moved folder."""
+"""Training callbacks of our own: a validation at the last step, a line in train.log and a text sample in
+TensorBoard at every validation, Ctrl-C and SIGTERM that save before they stop, and checkpoints that
+survive a moved folder."""
 
+import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from charlm.core.errors import CharLMError
+from charlm.core.errors import CharLMError, log
 from charlm.core.generation import sample_text
 from charlm.inference.pictures import attention_grid, attention_maps, influence, influence_strip
 from charlm.inference.torch_runner import TorchRunner
@@ -35,6 +38,42 @@ class FinalValidation(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if 0 <= trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class ValidationLog(L.Callback):
+    """A line per validation in train.log (where the progress bar does not go), which a cluster job's log
+    or `tail -f` shows while the run goes on. ddp_spawn trains in processes of its own, without the
+    handlers Hydra gave the launching one: there rank zero appends to the run's train.log itself, with
+    the launching process's format."""
+
+    def __init__(self):
+        # train.log's format where Hydra set up this process's logging (the logger's own NullHandler has none)
+        self.formatter = next((handler.formatter for handler in log.handlers if handler.formatter), None)
+        self.spawned_handler: logging.Handler | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        unset = all(isinstance(handler, logging.NullHandler) for handler in log.handlers)  # a spawned process
+        if self.formatter is not None and unset and trainer.is_global_zero:
+            self.spawned_handler = logging.FileHandler(Path(trainer.default_root_dir) / "train.log", encoding="utf-8")
+            self.spawned_handler.setFormatter(self.formatter)
+            log.addHandler(self.spawned_handler)
+            log.setLevel(logging.INFO)  # as conf/config.yaml sets it
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.spawned_handler is not None:
+            log.removeHandler(self.spawned_handler)
+            log.setLevel(logging.NOTSET)
+            self.spawned_handler.close()
+            self.spawned_handler = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss, best = trainer.callback_metrics.get("val/loss"), pl_module.best_val
+        if trainer.sanity_checking or not trainer.is_global_zero or loss is None or best is None:
+            return
+        train = trainer.callback_metrics.get("train/loss")
+        log.info(f"step {trainer.global_step}/{trainer.max_steps}: val/loss {loss.item():.4f}, val/bpc "
+                 f"{loss.item() / math.log(2):.4f} (best {best['loss']:.4f} at step {best['step']})"
+                 + (f"; train/loss {train.item():.4f}" if train is not None else ""))
 
 
 class TextSampleCallback(L.Callback):

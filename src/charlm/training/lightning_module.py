@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from charlm.core.errors import CharLMError, log
+from charlm.core.errors import CharLMError
 from charlm.core.run_config import OptimizerConfig
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY
@@ -68,22 +68,11 @@ class LanguageModel(L.LightningModule):
         self.val_loss.reset()
         if not torch.isfinite(loss) and not self.trainer.sanity_checking:  # before checkpoints are saved
             self.stop_non_finite("validation", loss, self.trainer.global_step)
-        if not self.trainer.sanity_checking:
-            if self.best_val is None or loss.item() < self.best_val["loss"]:
-                self.best_val = {"loss": loss.item(), "step": self.trainer.global_step}
-            self.log_validation(loss.item())
+        if not self.trainer.sanity_checking and (self.best_val is None or loss.item() < self.best_val["loss"]):
+            self.best_val = {"loss": loss.item(), "step": self.trainer.global_step}
         # Already the global mean; sync_dist only averages identical values (and keeps Lightning quiet).
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/bpc", loss / math.log(2), sync_dist=True)
-
-    def log_validation(self, loss: float) -> None:
-        """One line per validation in train.log (where the progress bar does not go): what a cluster job's
-        log or `tail -f` shows while the run goes on."""
-        if self.trainer.is_global_zero:
-            train = self.trainer.callback_metrics.get("train/loss")
-            log.info(f"step {self.trainer.global_step}/{self.trainer.max_steps}: val/loss {loss:.4f}, val/bpc "
-                     f"{loss / math.log(2):.4f} (best {self.best_val['loss']:.4f} at step {self.best_val['step']})"
-                     + (f"; train/loss {train.item():.4f}" if train is not None else ""))
 
     def stop_non_finite(self, what: str, loss: torch.Tensor, step: int):
         callback = self.trainer.checkpoint_callback

@@ -29,7 +29,7 @@ from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, load_
 from charlm.inference.internals import count_cpu_attention_flops
 from charlm.inference.torch_runner import TorchRunner
 from charlm.models import count_parameters
-from charlm.training.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback
+from charlm.training.callbacks import FinalValidation, GracefulInterrupt, StopNow, TextSampleCallback, ValidationLog
 from charlm.training.console import is_rank_zero, say
 from charlm.training.data import CharDataModule
 from charlm.training.devices import check_devices, compile_model, training_device, use_fast_kernels
@@ -112,8 +112,8 @@ def build(plan: Plan, cfg: DictConfig) -> tuple[LanguageModel, list]:
     else:  # the model summary's FLOPs and sizes: one block through the model (compiled, it would compile again)
         count_cpu_attention_flops()
         module.example_input_array = torch.zeros(1, plan.knobs.block_size, dtype=torch.long)
-    # FinalValidation is not a config option: every run ends validated and checkpointed.
-    return module, [instantiate(c) for c in cfg.callbacks.values()] + [FinalValidation()]
+    # Not config options: every run ends validated and checkpointed, and logs each validation.
+    return module, [instantiate(c) for c in cfg.callbacks.values()] + [FinalValidation(), ValidationLog()]
 
 
 def announce(plan: Plan, cfg: DictConfig, module: LanguageModel, datamodule: CharDataModule) -> None:
