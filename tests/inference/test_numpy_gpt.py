@@ -172,13 +172,14 @@ def test_a_checkpoint_only_torch_can_read_still_runs_on_the_numpy_engine(trained
     """bfloat16 weights (NumPy has no bfloat16): torch reads the file, and the GPT still runs on NumPy."""
     from hydra import compose, initialize_config_dir
 
-    from charlm.inference.sample import numpy_checkpoint, open_model
+    from charlm.inference.numpy_gpt import load_checkpoint
+    from charlm.inference.sample import open_model
 
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["state_dict"] = {k: v.to(torch.bfloat16) for k, v in checkpoint["state_dict"].items()}
     torch.save(checkpoint, tmp_path / "bf16.ckpt")
-    assert numpy_checkpoint(tmp_path / "bf16.ckpt") is None
-    assert numpy_checkpoint(trained_run) is not None
+    assert load_checkpoint(tmp_path / "bf16.ckpt") is None
+    assert load_checkpoint(trained_run / "checkpoints" / "last.ckpt") is not None
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={tmp_path / 'bf16.ckpt'}"]))
     assert type(runner).__name__ == "NumpyGPT" and what.endswith("bf16.ckpt (NumPy engine)")

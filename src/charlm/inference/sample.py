@@ -13,12 +13,9 @@ from charlm.core.errors import CharLMError
 from charlm.core.export_format import read_export
 from charlm.core.generation import generate
 from charlm.core.inference_config import SampleConfig
-from charlm.core.internals import NotReadable, read_torch_file
-from charlm.core.model_config import full_config, model_state
 from charlm.core.run_config import group_settings
 from charlm.core.run_folder import find_checkpoint, newest_run
-from charlm.core.vocab import Vocabulary
-from charlm.inference.numpy_gpt import NumpyGPT, from_export
+from charlm.inference.numpy_gpt import NumpyGPT, from_export, load_checkpoint
 
 
 def open_model(cfg: DictConfig):
@@ -39,8 +36,10 @@ def open_model(cfg: DictConfig):
             model, vocab = from_export(cfg.ckpt, meta, arrays)
             return model, vocab, f"{cfg.ckpt} (NumPy engine)"
     path = cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs")
-    if numpy_engine and (opened := numpy_checkpoint(path)) is not None:
-        return opened
+    if numpy_engine:  # a GPT's checkpoint without importing torch, where the file allows it
+        file = find_checkpoint(path)
+        if (opened := load_checkpoint(file)) is not None:
+            return *opened, f"{file} (NumPy engine)"
     from charlm.inference.checkpoint import load_model, numpy_weights  # torch: imported only for this path
     from charlm.inference.torch_runner import TorchRunner, check_device
 
@@ -50,24 +49,6 @@ def open_model(cfg: DictConfig):
         return NumpyGPT(loaded.model_config, numpy_weights(loaded.model)), loaded.vocab, f"{loaded.path} (NumPy engine)"
     runner = TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile)
     return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if cfg.compile else ''})"
-
-
-def numpy_checkpoint(path):
-    """(NumPy GPT, vocabulary, what runs) from a GPT's training checkpoint, read without torch; None where
-    torch must read the file (another model, int8 or bfloat16 weights, a file this reader does not know:
-    torch's loader then also says what is wrong with it)."""
-    file = find_checkpoint(path)
-    try:
-        checkpoint = read_torch_file(file)
-        hparams = checkpoint["hyper_parameters"]
-        if hparams["model"]["name"] != "gpt" or hparams.get("quantization") is not None:
-            return None
-        vocab = Vocabulary(hparams["vocab"], hparams.get("vocab_mode", "chars"))
-        model = NumpyGPT(full_config(hparams["model"]), model_state(checkpoint["state_dict"]))
-        model.logits(np.zeros((1, 1), dtype=np.int64))  # weights of the shapes the config says, or an error
-    except (NotReadable, KeyError, TypeError, ValueError, IndexError, CharLMError):
-        return None
-    return model, vocab, f"{file} (NumPy engine)"
 
 
 def sample(cfg: DictConfig) -> None:

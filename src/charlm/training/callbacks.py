@@ -50,6 +50,7 @@ class ValidationLog(L.Callback):
         # train.log's format where Hydra set up this process's logging (the logger's own NullHandler has none)
         self.formatter = next((handler.formatter for handler in log.handlers if handler.formatter), None)
         self.spawned_handler: logging.Handler | None = None
+        self.spawned_level = logging.NOTSET  # the logger's level before the handler was added
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         unset = all(isinstance(handler, logging.NullHandler) for handler in log.handlers)  # a spawned process
@@ -57,12 +58,13 @@ class ValidationLog(L.Callback):
             self.spawned_handler = logging.FileHandler(Path(trainer.default_root_dir) / "train.log", encoding="utf-8")
             self.spawned_handler.setFormatter(self.formatter)
             log.addHandler(self.spawned_handler)
+            self.spawned_level = log.level
             log.setLevel(logging.INFO)  # as conf/config.yaml sets it
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.spawned_handler is not None:
             log.removeHandler(self.spawned_handler)
-            log.setLevel(logging.NOTSET)
+            log.setLevel(self.spawned_level)
             self.spawned_handler.close()
             self.spawned_handler = None
 
