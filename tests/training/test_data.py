@@ -8,6 +8,7 @@ import torch
 
 from charlm.core.corpus import resolve_path
 from charlm.core.errors import CharLMError
+from charlm.core.inference_config import scoring_blocks
 from charlm.core.run_config import DataConfig
 from charlm.training.data import CharDataModule
 
@@ -37,6 +38,15 @@ def test_validation_blocks_cover_the_split_in_order():
     assert inputs.shape == (n, 32) and n == 3485  # all of Tiny Shakespeare's validation text
     assert np.array_equal(inputs.flatten().numpy(), dm.val_ids[: n * 32])
     assert np.array_equal(targets.flatten().numpy(), dm.val_ids[1 : n * 32 + 1])
+
+
+def test_validation_batches_hold_a_few_thousand_tokens_unless_sized():
+    assert [scoring_blocks(None, block_size) for block_size in (32, 128, 5000)] == [128, 32, 1]
+    for eval_batch_size, size in [(None, 32), (7, 7)]:
+        dm = CharDataModule(DataConfig(block_size=128, eval_batch_size=eval_batch_size))
+        dm.setup()
+        sizes = [len(inputs) for inputs, _ in dm.val_dataloader()]
+        assert set(sizes[:-1]) == {size} and sum(sizes) == (len(dm.val_ids) - 1) // 128
 
 
 def test_memory_does_not_hold_the_corpus(tmp_path):

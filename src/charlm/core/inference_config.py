@@ -11,6 +11,15 @@ from charlm.core.errors import CharLMError
 from charlm.core.vocab import MODES
 
 CHECKPOINT = "a .ckpt file, a .npz export or a run folder (its best checkpoint); null: the newest run"
+# Tokens in a scoring batch (validation, evaluate.py) when its size is null: on CPUs a few thousand tokens a
+# batch score faster per token than larger batches, whose activations overflow the caches (docs/performance.md).
+SCORING_TOKENS = 4096
+SCORING_BATCH = f"blocks scored together (null: {SCORING_TOKENS} tokens' worth, {SCORING_TOKENS} // block_size)"
+
+
+def scoring_blocks(batch_size: int | None, block_size: int) -> int:
+    """Blocks per scoring batch: `batch_size`, or SCORING_TOKENS' worth when it is null."""
+    return batch_size or max(1, SCORING_TOKENS // block_size)
 
 
 @dataclass
@@ -76,7 +85,7 @@ class EvaluateConfig:
     split: str = knob("val", "val, or test (a run trained with data.test_fraction above 0)", choices=("val", "test"))
     stride: int | None = knob(None, "S: also score sliding windows S characters apart, each character with up to "
                               "block_size of context")
-    batch_size: int = knob(256, "blocks scored together")
+    batch_size: int | None = knob(None, SCORING_BATCH)
     device: str = knob("cpu", "cpu, cuda, cuda:1, mps, ...")
     data: RecordedData = field(default_factory=RecordedData)
     paths: Any = None

@@ -22,7 +22,7 @@ from charlm.core import checks
 from charlm.core.checks import check_knobs, knob
 from charlm.core.corpus import check_source, resolve_path
 from charlm.core.errors import CharLMError
-from charlm.core.inference_config import EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
+from charlm.core.inference_config import SCORING_BATCH, EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
 from charlm.core.run_folder import check_free, find_checkpoint, launched_rank, requeue_checkpoint, resume_file
 from charlm.core.sweep import in_sweep, job_overrides
@@ -112,7 +112,7 @@ class DataConfig:
                       "file", choices=MODES)
     block_size: int = knob(MODEL["block_size"], "characters per block (set the top-level block_size)")
     batch_size: int = knob(16, "blocks per training batch (set the top-level batch_size)")
-    eval_batch_size: int = knob(256, "blocks per validation batch")
+    eval_batch_size: int | None = knob(None, SCORING_BATCH)
     train_fraction: float = knob(0.9, "the first part of the text, which trains; validation and test share the "
                                  "rest", low_open=True, high=1, high_open=True)
     test_fraction: float = knob(0.0, "the last part, held out for `evaluate.py split=test` (enwik8-style: 0.05)",

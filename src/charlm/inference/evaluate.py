@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from charlm.core.corpus import ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
-from charlm.core.inference_config import EvaluateConfig
+from charlm.core.inference_config import EvaluateConfig, scoring_blocks
 from charlm.core.run_config import DataConfig, group_settings
 from charlm.core.run_folder import find_checkpoint, newest_run
 from charlm.inference.blocks import RECORDED, BlockDataset, evaluation_offsets, split_bounds
@@ -47,10 +47,12 @@ def windows(length: int, block_size: int, stride: int | None) -> list[tuple[int,
 
 
 @torch.inference_mode()
-def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None = None, batch_size: int = 256,
-          device: str = "cpu", progress: bool = False) -> tuple[float, int]:
-    """(summed loss in nats, characters scored) of `ids` under `model`."""
+def score(model: nn.Module, ids: np.ndarray, block_size: int, stride: int | None = None,
+          batch_size: int | None = None, device: str = "cpu", progress: bool = False) -> tuple[float, int]:
+    """(summed loss in nats, characters scored) of `ids` under `model`, `batch_size` blocks at a time
+    (None: charlm.core.inference_config.scoring_blocks)."""
     spans = windows(len(ids) - 1, block_size, stride)
+    batch_size = scoring_blocks(batch_size, block_size)
     dataset = BlockDataset(ids, block_size)
     total, count = 0.0, 0
     # None: a bar on a terminal only; a log file (SLURM's, a pipe) would collect every redraw

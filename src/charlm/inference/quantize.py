@@ -51,7 +51,7 @@ def save_quantized(path: Path, model: nn.Module, model_config: dict, vocab, quan
 
 def validation_loss(model: nn.Module, ids: np.ndarray) -> float:
     """Mean next-character loss over the validation blocks."""
-    total, count = score(model, ids, model.block_size, batch_size=64)
+    total, count = score(model, ids, model.block_size)
     return total / count
 
 

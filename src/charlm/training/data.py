@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from charlm.core.corpus import ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
+from charlm.core.inference_config import scoring_blocks
 from charlm.core.run_config import DataConfig
 from charlm.core.vocab import Vocabulary
 from charlm.inference.blocks import (
@@ -96,7 +97,7 @@ class CharDataModule(L.LightningDataModule):
         starts = evaluation_offsets(len(ids), self.settings.block_size, max_tokens)
         rank, world_size = self.process_slot()
         mine = starts[rank::world_size]
-        size = self.settings.eval_batch_size
+        size = scoring_blocks(self.settings.eval_batch_size, self.settings.block_size)
         batches = [mine[i : i + size].tolist() for i in range(0, len(mine), size)]
         return DataLoader(BlockDataset(ids, self.settings.block_size), batch_size=None, sampler=batches,
                           generator=self.own_generator())
