@@ -5,7 +5,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-SPLITS = ("train", "val", "test")
 RECORDED = ("path", "vocab", "train_fraction", "test_fraction", "cache_dir")  # which text, cut how: in checkpoints
 
 
