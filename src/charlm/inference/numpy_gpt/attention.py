@@ -41,7 +41,7 @@ class MultiHeadAttention:
         B, T, C = x.shape
         D = C // self.n_head
         qkv = linear(x, self.qkv_w, self.qkv_b)  # (B, T, 3C)
-        q, k, v = (part.reshape(B, T, self.n_head, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
+        q, k, v = (qkv[..., i * C : (i + 1) * C].reshape(B, T, self.n_head, D).transpose(0, 2, 1, 3) for i in range(3))
         if self.qk_norm:
             q, k = rms(q, RMS_EPS), rms(k, RMS_EPS)
         if rotary is not None:
@@ -53,9 +53,9 @@ class MultiHeadAttention:
             cache.values[layer, :, :, start : start + T] = v
             k, v = cache.keys[layer, :, :, : start + T], cache.values[layer, :, :, : start + T]
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(D)  # (B, H, T, start+T); a Python float keeps float32
-        # Query i sits at position start+i and may see keys 0 .. start+i.
-        visible = np.arange(start + T)[None, :] <= (start + np.arange(T))[:, None]
-        self.weights = softmax(np.where(visible, scores, -np.inf))  # (B, H, T, start+T): kept for pictures
+        if T > 1:  # query i sits at position start+i and may see keys 0 .. start+i (one query sees them all)
+            scores = np.where(np.arange(start + T)[None, :] <= (start + np.arange(T))[:, None], scores, -np.inf)
+        self.weights = softmax(scores)  # (B, H, T, start+T): kept for pictures
         weights = dropout(self.weights, self.dropout_p, rng)
         y = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return dropout(linear(y, self.proj_w, self.proj_b), self.dropout_p, rng)

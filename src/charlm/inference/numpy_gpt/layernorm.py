@@ -8,9 +8,8 @@ class LayerNorm:
         self.weight, self.bias, self.eps = weight, bias, eps
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        mean = x.mean(axis=-1, keepdims=True)
-        var = x.var(axis=-1, keepdims=True)
-        y = (x - mean) / np.sqrt(var + self.eps) * self.weight
+        centered = x - x.mean(axis=-1, keepdims=True)
+        y = centered / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + self.eps) * self.weight
         return y + self.bias if self.bias is not None else y
 
 

@@ -31,5 +31,6 @@ def rotary_tables(length: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Rotate channel pairs (i, i + D/2) of x (B, H, T, D) by their position's angles (T, D/2)."""
-    first, second = np.split(x, 2, axis=-1)
+    half = x.shape[-1] // 2
+    first, second = x[..., :half], x[..., half:]
     return np.concatenate((first * cos - second * sin, second * cos + first * sin), axis=-1)
