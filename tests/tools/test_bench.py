@@ -9,6 +9,9 @@ import pytest
 import torch
 from conftest import ROOT, refusal
 
+from charlm.core.errors import CharLMError
+from charlm.inference.checkpoint import load_model
+from charlm.models import count_parameters
 from charlm.tools.bench import main as bench_main
 
 
@@ -139,6 +142,43 @@ def test_the_speedrun_benchmark_times_a_run_beside_nanogpt(tmp_path):
     assert 0 < ours["train_s_to_4.1"] < ours["process_s_to_4.1"] < ours["process_s"]
     assert ours["process_s_to_1.9"] == "-"  # not reached
     assert 0 < ours["validation_s"] < ours["process_s"]
+
+
+FAKE_NANOGPT_MODEL = """
+import time
+from dataclasses import dataclass
+
+@dataclass
+class GPTConfig:
+    n_layer: int; n_head: int; n_embd: int; block_size: int; vocab_size: int; dropout: float; bias: bool
+
+class GPT:
+    def __init__(self, config):
+        print("shape:", config.n_layer, config.n_head, config.n_embd, config.block_size, config.bias)
+    def eval(self):
+        return self
+    def generate(self, idx, tokens, temperature, top_k):
+        time.sleep(tokens / 100)
+"""
+
+
+def test_the_sample_benchmark_times_the_whole_command_beside_nanogpts_generate(tmp_path):
+    """A real run folder and sample.py process, and a stand-in for nanoGPT's model.py built at the run's
+    shape: generate()'s own seconds (0.2 s of sleep for 20 characters) against the whole process."""
+    with pytest.raises(CharLMError, match="not a nanoGPT checkout"):
+        bench_main(["sample", "--nanogpt", str(tmp_path), "--out", str(tmp_path / "out")])
+    nanogpt = tmp_path / "nanoGPT"
+    nanogpt.mkdir()
+    (nanogpt / "model.py").write_text(FAKE_NANOGPT_MODEL)
+    case = "gpt_0.2m n_layer=1 n_embd=16 n_head=2 block_size=16"
+    bench_main(["sample", "--case", case, "--tokens", "20", "--rounds", "1", "--nanogpt", str(nanogpt),
+                "--out", str(tmp_path / "out")])
+    [row] = json.loads((tmp_path / "out" / "sample.json").read_text())["rows"]
+    [run] = (tmp_path / "out" / "sample" / "runs").iterdir()  # the run folder it sampled from
+    assert (row["case"], row["new_tokens"], row["parameters"]) == (case, 20, count_parameters(load_model(run).model))
+    assert 0.2 <= row["nanogpt_generate_s"] < 1  # the call alone: importing torch takes longer
+    assert row["sample_py_s"] > 0.1  # the whole process, interpreter start included
+    assert row["nanogpt_over_sample_py"] == pytest.approx(row["nanogpt_generate_s"] / row["sample_py_s"])
 
 
 def test_the_pictures_benchmark_weighs_a_picture_against_the_runs_steps(tmp_path):

@@ -6,6 +6,7 @@
     python -m charlm bench optimizer    # where a step's time goes: forward + backward, AdamW, Muon per dtype
     python -m charlm bench speedrun     # wall time to validation losses, optionally beside nanoGPT's own loop
     python -m charlm bench pictures     # what the pictures training draws at each validation cost a run
+    python -m charlm bench sample       # the whole sample.py process, optionally beside nanoGPT's generate()
 
 This module only reads the arguments, so --help and a mistake are answered before torch and Lightning
 load; the benchmarks themselves are in bench_cases.py and bench_*.py.
@@ -36,16 +37,17 @@ def positive_list(cast, kind: str):
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m charlm bench", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer", "speedrun", "pictures"])
-    parser.add_argument("--case", action="append", help="training, optimizer, speedrun, pictures: a preset plus "
-                        "overrides, "
-                        "e.g. 'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the standard cases)")
+    parser.add_argument("kind", choices=["training", "generation", "data", "optimizer", "speedrun", "pictures",
+                                         "sample"])
+    parser.add_argument("--case", action="append", help="training, optimizer, speedrun, pictures, sample: a preset "
+                        "plus overrides, e.g. 'gpt_2.7m block_size=128 batch_size=32' (repeatable; default: the "
+                        "standard cases)")
     parser.add_argument("--steps", type=int, default=150,
                         help="training: steps per loop and round; optimizer: calls per part and round")
-    parser.add_argument("--rounds", type=int, default=2, help="training, optimizer: alternating rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="training, optimizer, sample: alternating rounds")
     parser.add_argument("--presets", default="gpt_0.2m,cnn_0.2m,gpt_2.7m,cnn_2.7m,gpt_10.7m",
                         help="generation: comma-separated presets")
-    parser.add_argument("--tokens", type=int, default=500, help="generation: new characters per sample")
+    parser.add_argument("--tokens", type=int, default=500, help="generation, sample: new characters per sample")
     parser.add_argument("--batch", type=positive_list(int, "integers"), default=[1, 8],
                         help="generation: batch sizes, e.g. 1,8")
     parser.add_argument("--repeats", type=int, default=3, help="generation: runs per measurement")
@@ -61,7 +63,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="speedrun: validation losses to time, comma-separated (default: THRESHOLDS in "
                         "bench_speedrun.py)")
     parser.add_argument("--nanogpt", type=Path, default=None,
-                        help="speedrun: a nanoGPT checkout; its own train.py runs first, on the same text")
+                        help="speedrun: a nanoGPT checkout; its own train.py runs first, on the same text; "
+                        "sample: its generate() at the same shape runs in the same rounds")
     parser.add_argument("--nanogpt-args", default=None,
                         help="speedrun: arguments to nanoGPT's train.py (default: its 0.2M model on the CPU, "
                         "at gpt_0.2m_published's shape and budget)")

@@ -39,6 +39,7 @@ from charlm.models import GPT, build_model, count_parameters
 from charlm.tools.bench_data import bench_data
 from charlm.tools.bench_optimizer import optimizer_case
 from charlm.tools.bench_pictures import pictures_case
+from charlm.tools.bench_sample import sample_case
 from charlm.tools.bench_speedrun import NANOGPT_ARGS, THRESHOLDS, bench_speedrun
 from charlm.training.data import CharDataModule
 from charlm.training.devices import autocast, compile_model, mixed_dtype, training_device, use_fast_kernels
@@ -54,6 +55,7 @@ TRAINING_CASES = [
 ]
 OPTIMIZER_CASES = ["gpt_0.2m", "cnn_0.2m", "gpt_2.7m", "cnn_2.7m"]
 SPEEDRUN_CASES = ["speedrun"]
+SAMPLE_CASES = ["gpt_10.7m"]
 
 VOCAB_SIZE = 65
 CONF = Path(str(resources.files("charlm") / "conf"))  # the installed package's config, as train.py reads it
@@ -367,6 +369,11 @@ def run_benchmark(args, command: str) -> None:
             step = statistics.median(bare_steps(cfg, args.steps)[args.steps // 10:])
             model = build_model(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=VOCAB_SIZE)
             rows.append(pictures_case(cfg, case, model, step, args.steps))
+            print_row(rows[-1])
+    elif args.kind == "sample":
+        rows = []
+        for case in args.case or SAMPLE_CASES:
+            rows.append(sample_case(case, args.tokens, args.rounds, args.nanogpt, args.out / "sample"))
             print_row(rows[-1])
     elif args.kind == "data":
         rows = bench_data(args.megabytes, args.steps, args.rounds, not args.no_baseline, print_row)
