@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import forked
 import pytest
@@ -228,6 +229,32 @@ def test_ctrl_c_never_saves_diverged_weights(tmp_path):
     with pytest.raises(CharLMError, match="no longer finite"):
         interrupt.on_train_batch_end(None, module)
     assert interrupt.saved_at is None
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this platform")
+def test_slurms_requeue_signal_is_handled_at_the_end_of_the_step():
+    """Lightning's requeue handler flushes the loggers: run inside the signal handler it waited forever
+    when the signal landed during a TensorBoard flush (the writer's lock held). It now runs at the step's
+    end, and only Lightning's own handler is wrapped (none outside SLURM: nothing to defer)."""
+    calls = []
+    lightnings = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append((signum, frame)))
+    try:
+        interrupt, single = GracefulInterrupt(), SimpleNamespace(world_size=1)
+        interrupt.on_train_start(single, None)
+        signal.raise_signal(signal.SIGUSR1)
+        assert calls == []  # not inside the signal handler
+        interrupt.on_train_batch_end(single, None)
+        assert calls == [(signal.SIGUSR1, None)]  # at the step's end
+        interrupt.on_train_batch_end(single, None)
+        assert len(calls) == 1  # once per signal
+        interrupt.on_train_end(single, None)
+        assert signal.getsignal(signal.SIGUSR1) is not interrupt._request_requeue  # Lightning's back
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        interrupt.on_train_start(single, None)
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # not under SLURM: left alone
+        interrupt.on_train_end(single, None)
+    finally:
+        signal.signal(signal.SIGUSR1, lightnings)
 
 
 def test_same_seed_gives_identical_losses(tmp_path, train_here):

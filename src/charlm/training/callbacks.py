@@ -178,19 +178,29 @@ class StopNow(BaseException):
 class GracefulInterrupt(L.Callback):
     """The first Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and other schedulers send before
     they kill a job) finishes the current step, saves `last.ckpt` and stops training after a final
-    validation; a second one stops at once. Single-process runs only: under DDP every process would
-    have to agree on the step, so Lightning's own handling applies there."""
+    validation; a second one stops at once. SLURM's requeue signal (SIGUSR1, `#SBATCH --signal`) gets
+    Lightning's handling (loggers flushed, hpc_ckpt_<n>.ckpt saved, the job requeued) at the end of the
+    step too: run inside the signal handler, that flush waits forever for TensorBoard's writer lock when
+    the signal lands while the interrupted code holds it. Single-process runs only: under DDP every
+    process would have to agree on the step, so Lightning's own handling applies there."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REQUEUE = getattr(signal, "SIGUSR1", None)  # Lightning's default requeue signal; Windows has none
 
     def __init__(self):
         self.signum: int | None = None  # the signal that asked to stop
         self.saved_at: int | None = None
+        self.requeue_pending = False
         self.previous_handlers = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size == 1:  # installed after Lightning's own SIGTERM handler, so this one answers
             self.previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in self.SIGNALS}
+            if self.REQUEUE is not None and callable(signal.getsignal(self.REQUEUE)):  # Lightning's, under SLURM
+                self.previous_handlers[self.REQUEUE] = signal.signal(self.REQUEUE, self._request_requeue)
+
+    def _request_requeue(self, signum, frame) -> None:
+        self.requeue_pending = True
 
     def _request_stop(self, signum, frame) -> None:
         if self.signum is not None:  # the second one
@@ -200,6 +210,9 @@ class GracefulInterrupt(L.Callback):
               "(again to stop at once)", file=sys.stderr, flush=True)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.requeue_pending:
+            self.requeue_pending = False
+            self.previous_handlers[self.REQUEUE](self.REQUEUE, None)
         if self.signum is not None and self.saved_at is None:
             # The loss is checked only on logging steps, so make sure a diverged model never
             # replaces the last good last.ckpt.
