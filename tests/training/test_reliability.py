@@ -163,6 +163,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
+    assert "SIGINT: finishing this step, saving a checkpoint" in stderr  # said at once, from the handler
     assert "interrupted: SIGINT: saved" in stderr and f"ckpt_path={run_dir}" in stderr
     stopped_at = saved_step(run_dir / "checkpoints" / "last.ckpt")
     assert 50 <= stopped_at < 100000

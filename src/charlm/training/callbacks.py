@@ -2,8 +2,10 @@
 TensorBoard at every validation, Ctrl-C and SIGTERM that save before they stop, and checkpoints that
 survive a moved folder."""
 
+import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -206,8 +208,12 @@ class GracefulInterrupt(L.Callback):
         if self.signum is not None:  # the second one
             raise StopNow(signum)
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
-              "(again to stop at once)", file=sys.stderr, flush=True)
+        # os.write, not print: a handler that prints while the interrupted code is writing to stderr (a
+        # progress bar's redraw) raises "reentrant call" from inside that write
+        message = f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping " \
+                  "(again to stop at once)\n"
+        with contextlib.suppress(OSError, ValueError):  # no standard error to write to
+            os.write(sys.stderr.fileno(), message.encode())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if self.requeue_pending:
