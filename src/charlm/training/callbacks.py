@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import signal
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -210,10 +209,10 @@ class GracefulInterrupt(L.Callback):
         self.signum = signum
         # os.write, not print: a handler that prints while the interrupted code is writing to stderr (a
         # progress bar's redraw) raises "reentrant call" from inside that write
-        message = f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping " \
-                  "(again to stop at once)\n"
-        with contextlib.suppress(OSError, ValueError):  # no standard error to write to
-            os.write(sys.stderr.fileno(), message.encode())
+        message = (f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+                   "(again to stop at once)\n")
+        with contextlib.suppress(OSError):  # no standard error to write to
+            os.write(2, message.encode())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if self.requeue_pending:
