@@ -10,6 +10,7 @@ exit status. A run whose environment differs from the server's starts a fresh in
 torch, import time) is tested through `subprocess` directly.
 """
 
+import contextlib
 import gc
 import importlib
 import json
@@ -114,6 +115,7 @@ class Server:
         theirs.close()
         self.pending = b""
         self.ended: dict[int, int] = {}
+        self.started: list[int] = []
 
     def can_run(self, env: dict) -> bool:
         differs = {key for key in env.keys() | self.env.keys() if env.get(key) != self.env.get(key)}
@@ -140,11 +142,18 @@ class Server:
         self.channel.sendall(json.dumps(request).encode() + b"\n")
         while "started" not in (message := self.read(None)):
             pass
+        self.started.append(message["started"])
         return message["started"]
 
     def close(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # news of runs that ended
+            while self.read(0) is not None:
+                pass
+        for pid in set(self.started) - set(self.ended):  # a run a failed test left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.channel.close()
-        self.process.terminate()  # it may still be importing; the runs it forked have ended
+        self.process.terminate()  # it may still be importing
         self.process.wait(timeout=60)
         self.log.close()
         shutil.rmtree(self.folder, ignore_errors=True)
