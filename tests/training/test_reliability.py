@@ -235,8 +235,8 @@ def test_ctrl_c_never_saves_diverged_weights(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this platform")
 def test_slurms_requeue_signal_is_handled_at_the_end_of_the_step():
     """Lightning's requeue handler flushes the loggers: run inside the signal handler it waited forever
-    when the signal landed during a TensorBoard flush (the writer's lock held). It now runs at the step's
-    end, and only Lightning's own handler is wrapped (none outside SLURM: nothing to defer)."""
+    when the signal landed during a TensorBoard flush (the writer's lock held). It now runs at the end of
+    the step or validation batch, and only Lightning's own handler is wrapped (none outside SLURM)."""
     calls = []
     lightnings = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append((signum, frame)))
     try:
@@ -248,6 +248,9 @@ def test_slurms_requeue_signal_is_handled_at_the_end_of_the_step():
         assert calls == [(signal.SIGUSR1, None)]  # at the step's end
         interrupt.on_train_batch_end(single, None)
         assert len(calls) == 1  # once per signal
+        signal.raise_signal(signal.SIGUSR1)
+        interrupt.on_validation_batch_end(single, None, None, None, 0)
+        assert len(calls) == 2  # during a validation: at the end of its batch
         interrupt.on_train_end(single, None)
         assert signal.getsignal(signal.SIGUSR1) is not interrupt._request_requeue  # Lightning's back
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)

@@ -181,9 +181,10 @@ class GracefulInterrupt(L.Callback):
     they kill a job) finishes the current step, saves `last.ckpt` and stops training after a final
     validation; a second one stops at once. SLURM's requeue signal (SIGUSR1, `#SBATCH --signal`) gets
     Lightning's handling (loggers flushed, hpc_ckpt_<n>.ckpt saved, the job requeued) at the end of the
-    step too: run inside the signal handler, that flush waits forever for TensorBoard's writer lock when
-    the signal lands while the interrupted code holds it. Single-process runs only: under DDP every
-    process would have to agree on the step, so Lightning's own handling applies there."""
+    step, or of the validation batch, it lands in: run inside the signal handler, that flush waits
+    forever for TensorBoard's writer lock when the signal lands while the interrupted code holds it.
+    Single-process runs only: under DDP every process would have to agree on the step, so Lightning's
+    own handling applies there."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REQUEUE = getattr(signal, "SIGUSR1", None)  # Lightning's default requeue signal; Windows has none
@@ -214,10 +215,16 @@ class GracefulInterrupt(L.Callback):
         with contextlib.suppress(OSError):  # no standard error to write to
             os.write(2, message.encode())
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+    def requeue_if_asked(self) -> None:
         if self.requeue_pending:
             self.requeue_pending = False
             self.previous_handlers[self.REQUEUE](self.REQUEUE, None)
+
+    def on_validation_batch_end(self, *args) -> None:  # a validation can outlast SLURM's warning: not after it
+        self.requeue_if_asked()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self.requeue_if_asked()
         if self.signum is not None and self.saved_at is None:
             # The loss is checked only on logging steps, so make sure a diverged model never
             # replaces the last good last.ckpt.
