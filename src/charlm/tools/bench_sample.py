@@ -4,15 +4,12 @@ of training: speed does not depend on the weights). With `--nanogpt DIR`, nanoGP
 the same shape runs in the same rounds, timed alone (its model built, then the call), alternating with
 `sample.py` so drifting machine load hits both alike."""
 
-import json
-import re
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
 from charlm.core.errors import CharLMError
-from charlm.tools.bench_speedrun import launch
+from charlm.tools.bench_speedrun import launch, train_case
 
 # nanoGPT's model at a run's shape (nanoGPT has learned positions, GELU and LayerNorm whatever the run
 # uses: the shape sets the work), float32 on the CPU, sampled as its sample.py does; prints the seconds
@@ -31,16 +28,6 @@ print(f"generate seconds: {time.perf_counter() - start}")
 """
 
 
-def run_folder(case: str, out_dir: Path) -> tuple[Path, dict]:
-    """A run folder of the case's preset after one step, and its summary.json."""
-    name, *overrides = case.split()
-    run_dir = out_dir / "runs" / re.sub(r"[^\w.-]+", "_", case)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    launch([sys.executable, "-m", "charlm.commands", "train", f"experiment={name}", *overrides, "max_steps=1",
-            "data.max_val_tokens=2048", "callbacks.text_sample.num_tokens=0", f"hydra.run.dir={run_dir}"])
-    return run_dir, json.loads((run_dir / "summary.json").read_text())
-
-
 def nanogpt_seconds(root: Path, settings: dict, tokens: int) -> float:
     """Seconds of nanoGPT's generate() at the shape of a run (its flat settings, as summary.json has them)."""
     if settings["model"] != "gpt":
@@ -53,7 +40,9 @@ def nanogpt_seconds(root: Path, settings: dict, tokens: int) -> float:
 def sample_case(case: str, tokens: int, rounds: int, nanogpt: Path | None, out_dir: Path) -> dict:
     if nanogpt is not None and not (nanogpt / "model.py").is_file():
         raise CharLMError(f"--nanogpt {nanogpt}: not a nanoGPT checkout (no model.py)")
-    run_dir, summary = run_folder(case, out_dir)
+    # one step of training: speed does not depend on the weights
+    run_dir, summary, _, _ = train_case(case, out_dir, "max_steps=1", "data.max_val_tokens=2048",
+                                        "callbacks.text_sample.num_tokens=0")
     ours, theirs = [], []
     for _ in range(rounds):
         if nanogpt is not None:

@@ -100,18 +100,31 @@ def timed_row(row: dict, records: list[dict], start: float, process_s: float, th
     return row
 
 
+def case_folder(case: str, out_dir: Path) -> Path:
+    """Where a case's run goes: under `out_dir`/runs, named after the case without "=" (Hydra would parse it)."""
+    return out_dir / "runs" / re.sub(r"[^\w.-]+", "_", case)
+
+
+def train_case(case: str, out_dir: Path, *extra: str) -> tuple[Path, dict, float, float]:
+    """`train.py experiment=<preset> <overrides> <extra>` in its own process, in a fresh run folder under
+    `out_dir`/runs: (the run folder, its summary.json, launch time, seconds)."""
+    name, *overrides = case.split()
+    run_dir = case_folder(case, out_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own earlier result, which a new run may not reuse
+    start, process_s, _ = launch([sys.executable, "-m", "charlm.commands", "train", f"experiment={name}", *overrides,
+                                  *extra, f"hydra.run.dir={run_dir}"])
+    return run_dir, json.loads((run_dir / "summary.json").read_text()), start, process_s
+
+
 def run_case(case: str, out_dir: Path) -> tuple[dict, list[dict], float, float]:
     """`train.py experiment=<preset> <overrides>` in its own process: (row, validations, start, seconds)."""
-    name, *overrides = case.split()
-    slug = re.sub(r"[^\w.-]+", "_", case)  # Hydra would parse "=" in a folder name
-    run_dir, clock = out_dir / "runs" / slug, out_dir / "runs" / f"{slug}.validations.jsonl"
+    run_dir = case_folder(case, out_dir)
+    clock = run_dir.with_name(f"{run_dir.name}.validations.jsonl")
     clock.unlink(missing_ok=True)
-    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own earlier result, which a new run may not reuse
-    start, process_s, _ = launch([
-        sys.executable, "-m", "charlm.commands", "train", f"experiment={name}", *overrides, f"hydra.run.dir={run_dir}",
-        "+callbacks.clock._target_=charlm.tools.bench_speedrun.ValidationClock", f"+callbacks.clock.path={clock}"])
+    _, summary, start, process_s = train_case(
+        case, out_dir, "+callbacks.clock._target_=charlm.tools.bench_speedrun.ValidationClock",
+        f"+callbacks.clock.path={clock}")
     records = [json.loads(line) for line in clock.read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
     row = {"run": case, "parameters": summary["parameters"], "steps": summary["steps"], "tokens": summary["tokens"],
            "best_val_loss": summary["best_val_loss"]}
     return row, records, start, process_s
