@@ -40,12 +40,14 @@ class MultiHeadAttention:
         """x (B, T, C) -> (B, T, C); `rotary`: (cos, sin) of these positions for rotary embeddings."""
         B, T, C = x.shape
         D = C // self.n_head
-        qkv = linear(x, self.qkv_w, self.qkv_b)  # (B, T, 3C)
-        q, k, v = (qkv[..., i * C : (i + 1) * C].reshape(B, T, self.n_head, D).transpose(0, 2, 1, 3) for i in range(3))
+        qkv = linear(x, self.qkv_w, self.qkv_b).reshape(B, T, 3 * self.n_head, D).transpose(0, 2, 1, 3)  # (B, 3H, T, D)
+        # Queries and keys go through the same steps at once: fewer NumPy calls per generated character.
+        qk, v = qkv[:, : 2 * self.n_head], qkv[:, 2 * self.n_head :]
         if self.qk_norm:
-            q, k = rms(q, RMS_EPS), rms(k, RMS_EPS)
+            qk = rms(qk, RMS_EPS)
         if rotary is not None:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
+            qk = rotate(qk, *rotary)
+        q, k = qk[:, : self.n_head], qk[:, self.n_head :]  # (B, H, T, D) each
         start = 0
         if cache is not None:  # store this step, then attend to everything stored
             start = cache.length
