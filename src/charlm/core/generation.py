@@ -3,7 +3,7 @@
 A model plugs in through a runner with `block_size`, `logits(ids)` (recompute: last-position logits
 of the ids, (B, V)), `has_cache` and, if that is true, `forward_cached(ids, cache)` returning the
 last-position logits and the updated cache (whose `length` counts the characters it holds). Torch models get one
-from `charlm.models.runner.TorchRunner`; the NumPy GPT is its own runner.
+from `charlm.inference.torch_runner.TorchRunner`; the NumPy GPT is its own runner.
 """
 
 from collections.abc import Iterator
