@@ -122,7 +122,8 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-PRIVATE = re.compile(r"\b(torch\._(?!_)\w+|_compiled_call_impl|_current_fx_name)\b")  # not torch.__version__
+# torch._x, not torch.__version__
+PRIVATE = re.compile(r"\b(torch\._(?!_)\w+|hydra\._internal|_compiled_call_impl|_current_fx_name)\b")
 
 
 def test_private_internals_live_only_in_the_internals_py_files():

@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.core.cli import hydra_main, prepare_hydra, run_cli
+from charlm.core.internals import skip_hydras_mode_probe
 from charlm.core.prompts import take_text_arguments
 from charlm.core.run_config import check_before_loading
 
@@ -56,18 +57,21 @@ def train_main() -> None:
 
 def sample_main() -> None:
     prepare_hydra()
+    skip_hydras_mode_probe("sample")  # its config never sets hydra.mode: one composition instead of two
     run_cli(take_text_arguments, ("ckpt", "data.path"))  # prompts and paths as the shell passed them
     hydra_main(run_sample)
 
 
 def evaluate_main() -> None:
     prepare_hydra()
+    skip_hydras_mode_probe("evaluate")  # its config never sets hydra.mode: one composition instead of two
     run_cli(take_text_arguments, ("ckpt", "data.path"))
     hydra_main(run_evaluate)
 
 
 def attention_main() -> None:
     prepare_hydra()
+    skip_hydras_mode_probe("attention")  # its config never sets hydra.mode: one composition instead of two
     run_cli(take_text_arguments, ("ckpt", "out"))
     hydra_main(run_attention)
 

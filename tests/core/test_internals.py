@@ -1,12 +1,18 @@
-"""Training checkpoints read without torch (charlm.core.internals) hold exactly what torch.load reads."""
+"""Training checkpoints read without torch (charlm.core.internals) hold exactly what torch.load reads;
+skipping Hydra's mode probe gives the probe's answer."""
 
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from conftest import CONF
+from hydra import initialize_config_dir
+from hydra._internal.hydra import Hydra
+from hydra.core.global_hydra import GlobalHydra
 
-from charlm.core.internals import NotReadable, read_torch_file
+from charlm.core.cli import prepare_hydra
+from charlm.core.internals import NotReadable, read_torch_file, skip_hydras_mode_probe
 
 
 def assert_same(ours, theirs, where="checkpoint"):
@@ -70,3 +76,19 @@ def test_what_it_cannot_be_sure_of_is_left_to_torch(tmp_path, content):
         file.write_text("not a checkpoint")
     with pytest.raises(NotReadable):
         read_torch_file(file)
+
+
+@pytest.mark.parametrize("app", ["sample", "evaluate", "attention"])
+def test_skipping_hydras_mode_probe_gives_the_probes_answer(app, monkeypatch):
+    """The entry points whose config never sets hydra.mode compose it once, not twice, and run as before."""
+    monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # put Hydra's own back afterwards
+    prepare_hydra()
+    cases = [[], ["temperature=0.5", "seed=3"], ["hydra.mode=MULTIRUN"], ["hydra.mode=RUN"]]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        probed = [hydra.get_mode(config_name=app, overrides=list(overrides)) for overrides in cases]
+        assert skip_hydras_mode_probe(app)
+        assert [hydra.get_mode(config_name=app, overrides=list(overrides)) for overrides in cases] == probed
+        assert hydra.get_mode(config_name="config", overrides=["hparams_search=lr_size"]) == probed[2]  # not skipped
+        monkeypatch.setattr(Hydra, "compose_config", lambda *args, **kwargs: pytest.fail("composed to probe"))
+        assert hydra.get_mode(config_name=app, overrides=[]) is None

@@ -1,5 +1,6 @@
 """The private internals of torch this package knows without importing torch: its checkpoint format
-(torch's own: charlm.inference.internals; Lightning's: charlm.training.internals).
+(torch's own: charlm.inference.internals; Lightning's: charlm.training.internals); and one of Hydra's,
+at the end.
 
 A training checkpoint read with NumPy is what sample.py needs to run a GPT on the NumPy engine without
 importing torch, which took most of a `python sample.py` (docs/performance.md).
@@ -74,3 +75,27 @@ def read_torch_file(path: Path) -> dict:
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         raise NotReadable(str(err)) from None
 
+
+def skip_hydras_mode_probe(app_config: str) -> bool:
+    """Hydra composes an app's whole config once only to read `hydra.mode` (a config may turn a plain run
+    into a sweep), then again to run it: 0.1 s each, a sixth of a small model's `sample.py`. The config
+    named here never sets the mode, so unless the command line does (`hydra.mode=...`) the probe's
+    answer is known: None (a plain run, or a sweep with -m). Hydra's private `Hydra.get_mode`; where a
+    release lacks it, nothing changes (False). tests/core/test_internals.py checks the answers agree."""
+    try:
+        from hydra._internal.hydra import Hydra
+    except ImportError:
+        return False
+    probe = getattr(Hydra, "get_mode", None)
+    if not callable(probe):
+        return False
+    hydras_probe = getattr(probe, "hydras_probe", probe)
+
+    def get_mode(self, config_name: str | None, overrides: list[str]):
+        if config_name == app_config and not any("hydra.mode" in override for override in overrides):
+            return None
+        return hydras_probe(self, config_name=config_name, overrides=overrides)
+
+    get_mode.hydras_probe = hydras_probe
+    Hydra.get_mode = get_mode
+    return True
