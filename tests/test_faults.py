@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from charlm.core.cli import user_error
 from charlm.core.corpus import load_corpus
 from charlm.core.errors import CharLMError
 from charlm.core.run_config import check_before_loading
-from charlm.core.run_folder import hold_run_folder, new_folder
+from charlm.core.run_folder import hold_run_folder, new_folder, one_writer_at_a_time
 from charlm.inference import export, quantize
 from charlm.inference.sample import sample
 from charlm.tools import bench
@@ -213,16 +214,42 @@ def test_sampling_on_a_missing_gpu_is_one_clear_error(trained_run):
         sample(compose_sample(f"ckpt={trained_run}", "device=cuda"))
 
 
+FINISHED = json.dumps({"model": "gpt", "best_val_loss": 1.5, "status": "finished"})
+
+
+def write_run(folder: Path, summary: str) -> None:
+    """What the report reads of a run: its Hydra config and summary.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("{}")
+    (folder / "summary.json").write_text(summary)
+
+
 def test_a_half_written_summary_is_named_and_the_other_runs_reported(tmp_path):
-    for name, text in [("a", json.dumps({"model": "gpt", "best_val_loss": 1.5, "status": "finished"})),
-                       ("b", '{"model": "gpt", "best_val')]:
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
-        (tmp_path / name / "summary.json").write_text(text)
+    write_run(tmp_path / "a", FINISHED)
+    write_run(tmp_path / "b", '{"model": "gpt", "best_val')
     write_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "| a | gpt |" in report and "1.5000" in report
     assert f"unreadable summary.json ({tmp_path / 'b' / 'summary.json'})" in report
+
+
+def test_a_report_waits_for_the_one_being_written(tmp_path):
+    """A parallel sweep's jobs each rewrite the sweep's report as they end, in turn: a report begun while
+    another job writes shows what that job wrote (here its run, which the folder lacked before)."""
+    holding = threading.Event()
+
+    def another_job_ending():
+        with one_writer_at_a_time(tmp_path):
+            holding.set()
+            time.sleep(0.3)
+            write_run(tmp_path / "a", FINISHED)
+
+    job = threading.Thread(target=another_job_ending)
+    job.start()
+    holding.wait()
+    write_report(tmp_path)  # not in turn, it would find no run and raise
+    job.join()
+    assert "| a | gpt |" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize(("case", "message"), [

@@ -176,6 +176,22 @@ def hold_run_folder(folder: Path, resuming: bool = False, cfg: DictConfig | None
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def one_writer_at_a_time(folder: Path) -> Iterator[None]:
+    """Wait for an exclusive lock on the folder itself (no lock file), so that processes rewriting the same
+    files in it take turns. Where it cannot be locked (Windows, some network file systems): no wait."""
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def lock_or_refuse(lock, folder: Path) -> None:
     """Take the run folder's lock, or refuse: a live run holds it."""
     if fcntl is None:  # Windows: run folders are not locked

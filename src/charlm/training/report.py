@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from charlm.core.atomic import ensure_writable
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
+from charlm.core.run_folder import one_writer_at_a_time
 from charlm.core.sweep import as_dict, differing_keys, label, setting_key, swept_keys
 
 # (summary key, column title, format for the Markdown table)
@@ -80,49 +81,52 @@ def write_report(folder: str | Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise CharLMError(f"not a folder of runs: {root}")
-    runs = find_runs(root)
-    if not runs:
-        raise CharLMError(f"no runs (folders with .hydra/config.yaml) under {root}")
-    ensure_writable(root)
-    rows = [run_row(run, root) for run in runs]
-    overrides = [run_overrides(run) for run in runs]
-    varied = swept_keys(root) or differing_keys(overrides)  # what tells the runs apart: their names
-    for row, given in zip(rows, overrides, strict=True):
-        row["run"] = label(varied, given) or row["folder"]
-    write_hparams_config(root, rows, varied)
+    # A parallel sweep's jobs each rewrite the report as they end: in turn, so the last one written
+    # holds every job that had ended (a report read before a job's summary, written after, would not).
+    with one_writer_at_a_time(root):
+        runs = find_runs(root)
+        if not runs:
+            raise CharLMError(f"no runs (folders with .hydra/config.yaml) under {root}")
+        ensure_writable(root)
+        rows = [run_row(run, root) for run in runs]
+        overrides = [run_overrides(run) for run in runs]
+        varied = swept_keys(root) or differing_keys(overrides)  # what tells the runs apart: their names
+        for row, given in zip(rows, overrides, strict=True):
+            row["run"] = label(varied, given) or row["folder"]
+        write_hparams_config(root, rows, varied)
 
-    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    lines = [header, "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(row.get(key), spec) for key, _, spec in COLUMNS) + " |" for row in rows]
-    markdown = root / "report.md"
-    markdown.write_text(f"# Runs under {root}\n\n" + "\n".join(lines) + "\n")
+        header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+        lines = [header, "|" + " --- |" * len(COLUMNS)]
+        lines += ["| " + " | ".join(fmt(row.get(key), spec) for key, _, spec in COLUMNS) + " |" for row in rows]
+        markdown = root / "report.md"
+        markdown.write_text(f"# Runs under {root}\n\n" + "\n".join(lines) + "\n")
 
-    table = root / "report.csv"
-    with table.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=[key for key, _, _ in COLUMNS], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+        table = root / "report.csv"
+        with table.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=[key for key, _, _ in COLUMNS], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
 
-    plot = root / "val_loss.png"
-    import matplotlib  # see validation_curve: loaded only here
+        plot = root / "val_loss.png"
+        import matplotlib  # see validation_curve: loaded only here
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, row in zip(runs, rows, strict=True):
-        curve = validation_curve(run)
-        if curve:
-            steps, losses = zip(*curve, strict=True)
-            ax.plot(steps, losses, marker="o", markersize=3, label=row["run"])
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (nats/char)")
-    ax.grid(alpha=0.3)
-    if ax.lines:  # beside the plot, never over the curves
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.savefig(plot, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return [markdown, table, plot]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for run, row in zip(runs, rows, strict=True):
+            curve = validation_curve(run)
+            if curve:
+                steps, losses = zip(*curve, strict=True)
+                ax.plot(steps, losses, marker="o", markersize=3, label=row["run"])
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss (nats/char)")
+        ax.grid(alpha=0.3)
+        if ax.lines:  # beside the plot, never over the curves
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        fig.savefig(plot, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return [markdown, table, plot]
 
 
 def write_hparams_config(root: Path, rows: list[dict], varied: list[str]) -> None:
