@@ -7,6 +7,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import forked
@@ -74,6 +75,18 @@ def test_sample_streams_text_from_a_run_folder(trained_run, tmp_path):
     again = forked.run([ROOT / "sample.py", f"ckpt={trained_run}", "prompt=ROMEO:", "num_tokens=60", "seed=3"],
                        tmp_path, fresh=True)
     assert (again.returncode, again.stdout, again.stderr) == (0, result.stdout, result.stderr)
+
+
+def test_a_sampling_sweep_leaves_nothing_behind(trained_run, tmp_path):
+    """`sample.py -m`: each sample printed; Hydra's record of the sweep goes to a temporary folder that
+    is gone once the sweep ends, not into the current folder."""
+    scratch = set(Path(tempfile.gettempdir()).glob("charlm-sweep-*"))
+    result = run_script("sample.py", "-m", f"ckpt={trained_run}", "prompt=ROMEO:", "num_tokens=10",
+                        "temperature=0.5,1.0", "seed=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ROMEO:") == 2
+    assert list(tmp_path.iterdir()) == []
+    assert set(Path(tempfile.gettempdir()).glob("charlm-sweep-*")) == scratch
 
 
 def test_greedy_batched_samples_are_identical(trained_run):

@@ -1,9 +1,12 @@
 """What the entry points share: config resolvers, and user errors printed as one line."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -30,6 +33,15 @@ def prepare_hydra() -> None:
     # cached: Hydra resolves the run folder more than once, and each time must name the same folder
     OmegaConf.register_new_resolver("new_folder", new_folder, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("sweep_job", job_folder_name, replace=True)
+    OmegaConf.register_new_resolver("scratch_folder", scratch_folder, replace=True, use_cache=True)
+
+
+def scratch_folder() -> str:
+    """A temporary folder, removed when the process ends: where Hydra records a sweep (-m) of sample.py,
+    evaluate.py or charlm attention, which leave no files behind."""
+    folder = tempfile.mkdtemp(prefix="charlm-sweep-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def one_line(err: BaseException) -> str:
