@@ -78,13 +78,15 @@ def test_sample_streams_text_from_a_run_folder(trained_run, tmp_path):
 
 
 def test_a_sampling_sweep_leaves_nothing_behind(trained_run, tmp_path):
-    """`sample.py -m`: each sample printed; Hydra's record of the sweep goes to a temporary folder that
-    is gone once the sweep ends, not into the current folder."""
+    """`sample.py -m`: each sample printed, each named by what the sweep varies; Hydra's record of the
+    sweep goes to a temporary folder that is gone once the sweep ends, not into the current folder."""
     scratch = set(Path(tempfile.gettempdir()).glob("charlm-sweep-*"))
     result = run_script("sample.py", "-m", f"ckpt={trained_run}", "prompt=ROMEO:", "num_tokens=10",
                         "temperature=0.5,1.0", "seed=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ROMEO:") == 2
+    assert [line.rpartition("; ")[2] for line in result.stderr.splitlines() if line.startswith("sampling from")] \
+        == ["temperature=0.5", "temperature=1.0"]
     assert list(tmp_path.iterdir()) == []
     assert set(Path(tempfile.gettempdir()).glob("charlm-sweep-*")) == scratch
 

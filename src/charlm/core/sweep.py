@@ -64,10 +64,19 @@ def label(keys: list[str], overrides: dict[str, str]) -> str:
     return ", ".join(f"{k}={overrides[k]}" for k in keys if k in overrides)
 
 
+def swept_settings(hydra) -> str:
+    """A sweep job's values of what the sweep varies, from its Hydra config: "model=cnn, n_embd=32"."""
+    return label(swept_keys(Path(hydra.sweep.dir), hydra.sweeper.get("params")), as_dict(hydra.overrides.task))
+
+
+def job_label() -> str:
+    """This sweep job's swept settings, to tell its output from the other jobs'; "" outside a sweep."""
+    return swept_settings(HydraConfig.get()) if in_sweep() else ""
+
+
 def job_folder_name(_root_) -> str:
     """A sweep job's folder: `<num>_<the swept settings>`, e.g. `0_model=cnn`, one level deep whatever the
     values hold (the resolver `sweep_job` in conf/config.yaml)."""
     hydra = _root_.hydra
-    overrides = as_dict(hydra.overrides.task)
-    name = label(swept_keys(Path(hydra.sweep.dir), hydra.sweeper.get("params")), overrides).replace(", ", ",")
+    name = swept_settings(hydra).replace(", ", ",")
     return re.sub(r"[/\\\s]+", "_", f"{hydra.job.num}_{name}" if name else str(hydra.job.num))

@@ -24,6 +24,7 @@ from charlm.core.errors import CharLMError
 from charlm.core.inference_config import EvaluateConfig, scoring_blocks
 from charlm.core.run_config import DataConfig, group_settings
 from charlm.core.run_folder import find_checkpoint, newest_run
+from charlm.core.sweep import job_label
 from charlm.inference.blocks import RECORDED, BlockDataset, evaluation_offsets, split_bounds
 from charlm.inference.checkpoint import load_model
 from charlm.inference.torch_runner import check_device
@@ -120,7 +121,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.stride is not None and cfg.stride > block_size:
         raise CharLMError(f"stride must be at most block_size ({block_size}), got {cfg.stride}")
     model = loaded.model.to(cfg.device)
-    print(f"scoring {file} on the {cfg.split} split of {source} ({len(ids):,} tokens)", file=sys.stderr)
+    job = job_label()  # in a sweep (-m): which of its scores this is
+    print(f"scoring {file} on the {cfg.split} split of {source} ({len(ids):,} tokens)" + (f"; {job}" if job else ""),
+          file=sys.stderr)
     results = {"checkpoint": str(file), "split": cfg.split, "tokens": len(ids)}
     for name, stride in [("blocks", None)] + ([("sliding", cfg.stride)] if cfg.stride else []):
         began = time.perf_counter()

@@ -15,6 +15,7 @@ from charlm.core.generation import generate
 from charlm.core.inference_config import SampleConfig
 from charlm.core.run_config import group_settings
 from charlm.core.run_folder import find_checkpoint, newest_run
+from charlm.core.sweep import job_label
 from charlm.inference.numpy_gpt import NumpyGPT, from_export, load_checkpoint
 
 
@@ -54,7 +55,8 @@ def open_model(cfg: DictConfig):
 def sample(cfg: DictConfig) -> None:
     cfg = group_settings(SampleConfig, cfg)  # every option checked
     runner, vocab, what = open_model(cfg)
-    print(f"sampling from {what}", file=sys.stderr, flush=True)
+    job = job_label()  # in a sweep (-m): which of its samples this is
+    print(f"sampling from {what}" + (f"; {job}" if job else ""), file=sys.stderr, flush=True)
     prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
     prompt_ids = np.array([vocab.encode(prompt)] * cfg.num_samples, dtype=np.int64)
     rng = np.random.default_rng(cfg.seed)  # seed None: fresh entropy each call
