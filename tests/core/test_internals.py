@@ -38,6 +38,21 @@ def test_a_training_checkpoint_reads_as_torch_reads_it(trained_run):
     assert_same(read_torch_file(file), torch.load(file, map_location="cpu", weights_only=True))
 
 
+def test_asking_for_some_entries_reads_only_their_tensors(trained_run, monkeypatch):
+    """sample.py reads a checkpoint's weights and settings, not the optimizer state that is most of it."""
+    file = trained_run / "checkpoints" / "last.ckpt"
+    read = []
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, *args: read.append(name) or real_read(self, name))
+    ours = read_torch_file(file, keys=("hyper_parameters", "state_dict", "no such entry"))
+    theirs = torch.load(file, map_location="cpu", weights_only=True)
+    assert_same(ours, {key: theirs[key] for key in ("hyper_parameters", "state_dict")})
+    with zipfile.ZipFile(file) as archive:
+        sizes = {info.filename: info.file_size for info in archive.infolist() if "/data/" in info.filename}
+    weights = sum(array.nbytes for array in ours["state_dict"].values())
+    assert sum(sizes[name] for name in read if name in sizes) <= weights < sum(sizes.values()) / 2
+
+
 def test_views_strides_and_offsets_survive(tmp_path):
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     saved = {"t": base.t(), "slice": base[1:, 2:5], "tied": [base, base], "long": torch.tensor([1, -2]),

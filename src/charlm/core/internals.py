@@ -18,6 +18,7 @@ import pickle
 import sys
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,21 +31,38 @@ class NotReadable(Exception):
     """The file is not one this reader knows; torch.load decides what it is."""
 
 
-def rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2's job: the (read-only) view of a storage that a tensor is. A view
-    reaching outside its storage (a damaged or crafted file) is refused, as torch refuses it."""
+class Storage(NamedTuple):
+    """One of the file's storages, read only when a tensor the caller asked for views it."""
+
+    key: str
+    dtype: type
+    numel: int
+
+
+class Tensor(NamedTuple):
+    """A tensor before its storage is read: the view (offset, size, stride) of `storage` it is."""
+
+    storage: Storage
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+def rebuild_tensor(storage: Storage, offset: int, size: tuple, stride: tuple, *_) -> Tensor:
+    """torch._utils._rebuild_tensor_v2's job, deferred: a view reaching outside its storage (a damaged or
+    crafted file) is refused, as torch refuses it."""
     if len(size) != len(stride) or min((offset, *size, *stride), default=0) < 0:
         raise NotReadable(f"tensor of size {size} and stride {stride}")
-    if 0 not in size and offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True)) >= len(storage):
+    if 0 not in size and offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True)) >= storage.numel:
         raise NotReadable(f"tensor of size {size} and stride {stride} at {offset} outside its storage")
-    return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
-                                           strides=[step * storage.itemsize for step in stride], writeable=False)
+    return Tensor(storage, offset, tuple(size), tuple(stride))
 
 
 class CheckpointUnpickler(pickle.Unpickler):
     def __init__(self, archive: zipfile.ZipFile, prefix: str):
         super().__init__(archive.open(f"{prefix}data.pkl"))
         self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("collections", "OrderedDict"):
@@ -59,19 +77,45 @@ class CheckpointUnpickler(pickle.Unpickler):
         kind, dtype, key, _location, numel = pid  # ("storage", FloatStorage's dtype, "0", "cpu", numel)
         if kind != "storage" or dtype not in STORAGE_DTYPES.values():
             raise NotReadable(str(pid))
-        return np.frombuffer(self.archive.read(f"{self.prefix}data/{key}"), dtype=dtype, count=numel)
+        return Storage(str(key), dtype, int(numel))
+
+    def read(self, storage: Storage) -> np.ndarray:
+        if storage.key not in self.storages:
+            data = self.archive.read(f"{self.prefix}data/{storage.key}")
+            self.storages[storage.key] = np.frombuffer(data, dtype=storage.dtype, count=storage.numel)
+        return self.storages[storage.key]
+
+    def arrays(self, obj):
+        """`obj` with each tensor (and storage) in it as a read-only NumPy array."""
+        if isinstance(obj, Tensor):
+            data = self.read(obj.storage)
+            return np.lib.stride_tricks.as_strided(data[obj.offset :], shape=obj.size,
+                                                   strides=[step * data.itemsize for step in obj.stride],
+                                                   writeable=False)
+        if isinstance(obj, Storage):
+            return self.read(obj)
+        if isinstance(obj, dict):
+            return type(obj)((key, self.arrays(value)) for key, value in obj.items())
+        if type(obj) in (list, tuple):
+            return type(obj)(self.arrays(value) for value in obj)
+        return obj
 
 
-def read_torch_file(path: Path) -> dict:
+def read_torch_file(path: Path, keys: tuple[str, ...] | None = None) -> dict:
     """The object torch.save wrote to `path`, tensors as NumPy arrays; NotReadable if this reader cannot
-    be sure of it (then torch.load can)."""
+    be sure of it (then torch.load can). `keys`: only these entries of a saved dict, and only their
+    tensors' bytes read (a training checkpoint's optimizer state is most of its size)."""
     try:
         with zipfile.ZipFile(path) as archive:
             [pickled] = [name for name in archive.namelist() if name.endswith("/data.pkl")]
             prefix = pickled.removesuffix("data.pkl")
             if archive.read(f"{prefix}byteorder").decode() != sys.byteorder:
                 raise NotReadable("byte order")
-            return CheckpointUnpickler(archive, prefix).load()
+            unpickler = CheckpointUnpickler(archive, prefix)
+            saved = unpickler.load()
+            if keys is not None and isinstance(saved, dict):
+                saved = {key: saved[key] for key in keys if key in saved}
+            return unpickler.arrays(saved)
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         raise NotReadable(str(err)) from None
 

@@ -31,7 +31,7 @@ def load_checkpoint(file) -> tuple[NumpyGPT, Vocabulary] | None:
     must read the file (another model, int8 or bfloat16 weights, a file that reader does not know: torch's
     loader then also says what is wrong with it)."""
     try:
-        checkpoint = read_torch_file(file)
+        checkpoint = read_torch_file(file, keys=("hyper_parameters", "state_dict"))  # not the optimizer state
         hparams = checkpoint["hyper_parameters"]
         if hparams["model"]["name"] != "gpt" or hparams.get("quantization") is not None:
             return None
