@@ -26,7 +26,7 @@ BEST_KEY = "best_val"  # {"loss": the lowest val/loss so far, "step": its global
 def read_checkpoint(path: Path) -> dict:
     """torch.load with every way a file can fail to be a checkpoint turned into a CharLMError."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except IsADirectoryError:
         raise CharLMError(f"checkpoint path is a directory: {path}") from None
     except Exception:  # torch.load fails in many ways on a truncated or foreign file
