@@ -26,6 +26,7 @@ BEST_KEY = "best_val"  # {"loss": the lowest val/loss so far, "step": its global
 def read_checkpoint(path: Path) -> dict:
     """torch.load with every way a file can fail to be a checkpoint turned into a CharLMError."""
     try:
+        # mapped, not read: callers touch the weights and settings, not the optimizer state that is most of the file
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except IsADirectoryError:
         raise CharLMError(f"checkpoint path is a directory: {path}") from None
