@@ -191,6 +191,14 @@ def test_corrupt_checkpoints_are_rejected(content, trained_run, tmp_path):
         sample(compose_sample(f"ckpt={bad}"))
 
 
+def test_a_checkpoint_in_torchs_legacy_format_still_loads(trained_run, tmp_path):
+    """Checkpoints are memory-mapped where torch can map them; its legacy (pre-zip) format is read whole."""
+    last = trained_run / "checkpoints" / "last.ckpt"
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(torch.load(last, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert sample_in_process(legacy, 30) == sample_in_process(last, 30)
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

@@ -23,11 +23,22 @@ TOKENS_KEY = "tokens_trained"  # training tokens so far, over every resume and b
 BEST_KEY = "best_val"  # {"loss": the lowest val/loss so far, "step": its global step}, or None before any
 
 
+def load_mapped(path: Path) -> dict:
+    """torch.load of a file mapped, not read: callers touch the weights and settings, not the optimizer
+    state that is most of a training checkpoint. Read whole where mapping fails (a file system that
+    cannot map, a file in torch's legacy format); a damaged file fails that way too."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except IsADirectoryError:
+        raise
+    except Exception:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: Path) -> dict:
     """torch.load with every way a file can fail to be a checkpoint turned into a CharLMError."""
     try:
-        # mapped, not read: callers touch the weights and settings, not the optimizer state that is most of the file
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = load_mapped(path)
     except IsADirectoryError:
         raise CharLMError(f"checkpoint path is a directory: {path}") from None
     except Exception:  # torch.load fails in many ways on a truncated or foreign file
