@@ -8,8 +8,9 @@ importing torch, which took most of a `python sample.py` (docs/performance.md).
 torch.save writes a zip of `data.pkl` (the object, tensors as references to storages) and one file per
 storage. Checkpoints here hold plain types and float32/integer tensors only (they load with torch.load's
 weights_only=True), so a pickle reader that knows torch's tensor-rebuilding function and its storage
-types reads them all. Anything else (bfloat16 weights, another object, another layout: a torch release
-that changes the format) raises `NotReadable`, and the caller loads the file with torch instead;
+types reads them all. Storages are read only when a tensor the caller asked for views them, so sample.py
+skips the optimizer state. Anything else (bfloat16 weights, another object, another layout: a torch
+release that changes the format) raises `NotReadable`, and the caller loads the file with torch instead;
 tests/core/test_internals.py compares the two readers on a real checkpoint.
 """
 
