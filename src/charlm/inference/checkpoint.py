@@ -29,9 +29,7 @@ def load_mapped(path: Path) -> dict:
     cannot map, a file in torch's legacy format); a damaged file fails that way too."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except IsADirectoryError:
-        raise
-    except Exception:
+    except Exception:  # a folder or a damaged file fails again here, with torch's own error
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
