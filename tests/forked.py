@@ -215,6 +215,10 @@ class Run:
         shutil.rmtree(self.folder, ignore_errors=True)
         return stdout, stderr
 
+    def stderr_so_far(self) -> str:
+        """What the run has written to standard error until now (it may still be running)."""
+        return (self.folder / "stderr").read_text()
+
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, signum)

@@ -59,6 +59,13 @@ def wait_for_checkpoint(process: forked.Run, checkpoint: Path, step: int, timeou
     raise TimeoutError
 
 
+def wait_for_message(process: forked.Run, text: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while text not in process.stderr_so_far():
+        assert process.poll() is None and time.time() < deadline, process.stderr_so_far()[-2000:]
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     """The reference for exact resume: 150 steps in one go (in this process: the same code as a command
@@ -177,13 +184,13 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once_with_status_130(tmp_path):
     run_dir = tmp_path / "run"
-    # one-block validation batches over 40,000 characters: the validation after the first Ctrl-C takes
-    # seconds, time for a second
+    # one-block validation batches over 40,000 characters: the validation after the first Ctrl-C runs
+    # 2,500 batches, time for a second, sent as soon as the first is acknowledged
     process = start_training(run_dir, "max_steps=100000", "eval_interval=20", "data.eval_batch_size=1",
                              "data.max_val_tokens=40000")
     wait_for_checkpoint(process, run_dir / "checkpoints" / "last.ckpt", 20)
     process.send_signal(signal.SIGINT)
-    time.sleep(1)
+    wait_for_message(process, "finishing this step")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
