@@ -1,6 +1,7 @@
 """What clusters and real users do: odd corpora, moved and shared run folders, tools pointed at their
 own input, finished runs, impossible sizes, and bad values for every setting."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -250,6 +251,29 @@ def test_a_report_waits_for_the_one_being_written(tmp_path):
     write_report(tmp_path)  # not in turn, it would find no run and raise
     job.join()
     assert "| a | gpt |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_report_interrupted_while_it_writes_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """A second Ctrl-C often lands in a sweep's last report: the files it was replacing stay whole."""
+    from matplotlib.figure import Figure
+
+    write_run(tmp_path / "a", FINISHED)
+    write_report(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("report.md", "report.csv", "val_loss.png")}
+
+    def interrupted_savefig(figure, target, **kwargs):
+        with open(target, "wb") if isinstance(target, str | Path) else contextlib.nullcontext(target) as file:
+            file.write(before["val_loss.png"][:100])  # part of a picture
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted_savefig)
+    write_run(tmp_path / "b", FINISHED)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path)
+    assert (tmp_path / "val_loss.png").read_bytes() == before["val_loss.png"]
+    assert "| b | gpt |" in (tmp_path / "report.md").read_text()  # written whole before the picture
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.startswith("events.")) == \
+        ["report.csv", "report.md", "val_loss.png"]  # no temp file left
 
 
 @pytest.mark.parametrize(("case", "message"), [

@@ -7,6 +7,7 @@ sweep folder as each job ends, so it exists even when a job fails.
 """
 
 import csv
+import io
 import json
 import math
 import sys
@@ -18,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from charlm.core.atomic import ensure_writable
+from charlm.core.atomic import atomic_write, ensure_writable
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
 from charlm.core.run_folder import one_writer_at_a_time
@@ -98,14 +99,16 @@ def write_report(folder: str | Path) -> list[Path]:
         header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
         lines = [header, "|" + " --- |" * len(COLUMNS)]
         lines += ["| " + " | ".join(fmt(row.get(key), spec) for key, _, spec in COLUMNS) + " |" for row in rows]
+        # Each file replaced whole (a second Ctrl-C often lands in a sweep's last report): never half of one
         markdown = root / "report.md"
-        markdown.write_text(f"# Runs under {root}\n\n" + "\n".join(lines) + "\n")
+        text = f"# Runs under {root}\n\n" + "\n".join(lines) + "\n"
+        atomic_write(markdown, lambda file: file.write(text.encode()))
 
-        table = root / "report.csv"
-        with table.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=[key for key, _, _ in COLUMNS], extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        table, csv_text = root / "report.csv", io.StringIO()
+        writer = csv.DictWriter(csv_text, fieldnames=[key for key, _, _ in COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(table, lambda file: file.write(csv_text.getvalue().encode()))
 
         plot = root / "val_loss.png"
         import matplotlib  # see validation_curve: loaded only here
@@ -124,7 +127,7 @@ def write_report(folder: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         if ax.lines:  # beside the plot, never over the curves
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-        fig.savefig(plot, dpi=120, bbox_inches="tight")
+        atomic_write(plot, lambda file: fig.savefig(file, format="png", dpi=120, bbox_inches="tight"))
         plt.close(fig)
         return [markdown, table, plot]
 
