@@ -113,11 +113,12 @@ def test_sampling_with_compile_falls_back_to_the_eager_text_without_a_compiler(t
     assert fallback.stdout == eager
 
 
-def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path, train_here):
+def test_resume_continues_from_the_last_step_in_the_same_run_folder(trained_run, tmp_path, train_here, recwarn):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # leave the shared run untouched
     before = set((run / "tb").glob("events.out.tfevents.*"))
     train_here(*TINY, "max_steps=60", "eval_interval=20", f"ckpt_path={run}", run_dir=tmp_path / "resume-log")
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]  # its own folder: no alarm
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 60
     [resumed_events] = set((run / "tb").glob("events.out.tfevents.*")) - before

@@ -21,11 +21,22 @@ NOISE = ("💡 Tip", "Trainer already configured with model summary")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE)
 )
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-# num_workers=0 is deliberate (conf/data): a batch is one indexing op, and workers only add overhead.
-warnings.filterwarnings("ignore", message=r".*does not have many workers")
-# Our sampler does resume mid-epoch: it starts at the restored step (CharDataModule.batches_done).
-warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+
+
+def quiet_warnings() -> None:
+    """Leave out Lightning's warnings that do not apply here. Set again for each trainer: a caller's
+    warnings.catch_warnings() (pytest's around each test) drops the filters added inside it."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # num_workers=0 is deliberate (conf/data): a batch is one indexing op, and workers only add overhead.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")
+    # Our sampler does resume mid-epoch: it starts at the restored step (CharDataModule.batches_done).
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+    # A resumed run saves into its own checkpoint folder; a new run refuses one holding another run
+    # (charlm.core.run_folder.check_free).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+quiet_warnings()  # at import too: the ranks ddp_spawn starts import this module and build no trainer
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -76,5 +87,6 @@ class RunLogger(TensorBoardLogger):
 
 def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
     """The configured Trainer; `trainer.profiler=simple` (or advanced) times Lightning's hooks."""
+    quiet_warnings()
     return instantiate(cfg.trainer, profiler=cfg.trainer.get("profiler") or NoProfiler(),
                        plugins=[AtomicCheckpointIO()], **overrides)
