@@ -112,7 +112,7 @@ def test_slurm_tasks_run_ddp_that_matches_one_process(tmp_path, one_process):
 
 
 @pytest.mark.parametrize(("model", "optimizer"), [("gpt", "adamw"), ("cnn", "adamw"), ("gpt", "muon"), ("cnn", "muon")])
-def test_bf16_mixed_precision_trains_both_models(tmp_path, model, optimizer):
+def test_bf16_mixed_precision_trains_both_models(tmp_path, model, optimizer, recwarn):
     fast = [f"optimizer={optimizer}", "optimizer.warmup_steps=3", "lr=3e-3"]
     run = [*(TINY_CNN if model == "cnn" else TINY), *STEPS, *fast]  # TINY_CNN: without n_head, which the CNN refuses
     train_in_process(tmp_path / "fp32", *run)
@@ -122,6 +122,7 @@ def test_bf16_mixed_precision_trains_both_models(tmp_path, model, optimizer):
     assert bf16["best_val_loss"] < math.log(65) - 0.5  # it learns
     assert bf16["best_val_loss"] == pytest.approx(fp32["best_val_loss"], abs=0.05)  # about as well as fp32
     assert all(w.dtype == torch.float32 for w in weights.values())  # mixed: weights stay float32
+    assert not [w for w in recwarn if "model summary" in str(w.message)]  # so its float32 size is right
 
 
 @pytest.mark.slow

@@ -34,6 +34,8 @@ def quiet_warnings() -> None:
     # A resumed run saves into its own checkpoint folder; a new run refuses one holding another run
     # (charlm.core.run_folder.check_free).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Mixed precision keeps the weights in float32, so the summary's float32 size is the true one.
+    warnings.filterwarnings("ignore", message=r"Precision (bf)?16-mixed is not supported by the model summary")
 
 
 quiet_warnings()  # at import too: the ranks ddp_spawn starts import this module and build no trainer
