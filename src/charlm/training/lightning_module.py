@@ -29,8 +29,9 @@ class LanguageModel(L.LightningModule):
         self.model = build_model(model, vocab_size=len(vocab))
         self.vocab = Vocabulary(vocab, vocab_mode)
         self.optim = OptimizerConfig(**optimizer)  # defaults fill what older checkpoints did not record
-        # Token-weighted mean over the whole validation set, summed across processes under DDP.
-        self.val_loss = MeanMetric()
+        # Token-weighted mean over the whole validation set, summed across processes under DDP. A NaN
+        # batch makes it NaN, which stops the run (torchmetrics' default leaves NaNs out of the mean).
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.tokens_trained = 0  # counted per batch: a resumed run may use another batch size
         self.best_val: dict | None = None
         self.processes = 1
