@@ -225,11 +225,13 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trai
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
 
 
-def test_one_nan_validation_batch_makes_the_validation_loss_nan():
-    """Not left out of the mean, which would report the finite rest as the model's loss."""
+def test_the_validation_loss_weighs_batches_by_tokens_and_a_nan_batch_makes_it_nan():
+    """A NaN batch is not left out of the mean, which would report the finite rest as the model's loss."""
     module = LanguageModel({"name": "gpt", "n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8}, "abc",
                            {"lr": 1e-3})
-    module.val_loss.update(torch.tensor(1.5), weight=64)
+    module.val_loss.update(torch.tensor(1.0), weight=64)
+    module.val_loss.update(torch.tensor(2.5), weight=32)  # a last, shorter batch
+    assert module.val_loss.compute().item() == pytest.approx((64 * 1.0 + 32 * 2.5) / 96)
     module.val_loss.update(torch.tensor(float("nan")), weight=64)
     assert module.val_loss.compute().isnan()
 
