@@ -30,8 +30,7 @@ class LanguageModel(L.LightningModule):
         self.vocab = Vocabulary(vocab, vocab_mode)
         self.optim = OptimizerConfig(**optimizer)  # defaults fill what older checkpoints did not record
         # Token-weighted mean over the whole validation set, summed across processes under DDP. A NaN
-        # batch makes it NaN, which stops the run: torchmetrics' default leaves NaNs out of the mean, a
-        # float strategy puts that value in their place (NaN: themselves), and "disable" drops the weights.
+        # batch keeps it NaN, which stops the run (torchmetrics' default drops NaNs; "disable" the weights).
         self.val_loss = MeanMetric(nan_strategy=math.nan)
         self.tokens_trained = 0  # counted per batch: a resumed run may use another batch size
         self.best_val: dict | None = None
