@@ -25,6 +25,7 @@ from charlm.core.errors import CharLMError
 from charlm.core.run_config import check_before_loading
 from charlm.core.run_folder import hold_run_folder, new_folder, one_writer_at_a_time
 from charlm.inference import export, quantize
+from charlm.inference.checkpoint import load_model
 from charlm.inference.sample import sample
 from charlm.tools import bench
 from charlm.training.callbacks import RunCheckpoint
@@ -107,6 +108,25 @@ def test_no_tool_overwrites_its_input(run_copy):
     with pytest.raises(CharLMError, match="is a folder"):
         export.main([str(last), "--out", str(run_copy)])
     assert folder_state(run_copy) == before
+
+
+def test_no_tool_writes_a_file_under_a_name_that_reads_back_as_the_other_kind(run_copy, tmp_path):
+    """Every reader tells an export from a torch file by the .npz suffix, so an int8 model named .npz, or
+    an export named otherwise, would be written and then never read: refused before anything is written."""
+    last, out = run_copy / "checkpoints" / "last.ckpt", tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CharLMError, match=r"^--out .*q\.int8\.npz: a \.npz name would be read as an export; "
+                       r"give .*q\.int8\.pt$"):
+        quantize.main([str(last), "--out", str(out / "q.int8.npz")])
+    for name in ("model.pt", "model"):
+        refused = rf"^--out .*{name}: an export needs the \.npz suffix; give .*model\.npz$"
+        with pytest.raises(CharLMError, match=refused):
+            export.main([str(last), "--out", str(out / name)])
+    assert list(out.iterdir()) == []
+    quantize.main([str(last), "--out", str(out / "q.int8.pt")])  # the names it suggests read back
+    export.main([str(last), "--out", str(out / "model.npz")])
+    assert load_model(out / "q.int8.pt").quantization is not None
+    assert load_model(out / "model.npz").model_config == load_model(last).model_config
 
 
 def test_quantize_checks_the_text_before_it_writes(run_copy, tmp_path):

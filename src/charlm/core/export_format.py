@@ -12,6 +12,19 @@ from charlm.core.errors import CharLMError
 
 FORMAT = "charlm-npz"
 VERSION = 1
+SUFFIX = ".npz"  # what tells an export from a torch checkpoint, wherever a file is read
+
+
+def is_export(path) -> bool:
+    return Path(path).suffix == SUFFIX
+
+
+def check_output_name(out: Path, export: bool) -> None:
+    """Files are read back by their names (.npz: an export; anything else: a torch checkpoint), so a tool
+    writing one kind refuses a name that would be read as the other."""
+    if is_export(out) != export:
+        kind = f"an export needs the {SUFFIX} suffix" if export else f"a {SUFFIX} name would be read as an export"
+        raise CharLMError(f"--out {out}: {kind}; give {Path(out).with_suffix(SUFFIX if export else '.pt')}")
 
 
 def write_export(path: Path, model_config: dict, vocab: str, arrays: dict[str, np.ndarray],

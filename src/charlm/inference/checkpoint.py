@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from charlm.core.errors import CharLMError
-from charlm.core.export_format import read_export
+from charlm.core.export_format import is_export, read_export
 from charlm.core.model_config import full_config, model_state
 from charlm.core.run_folder import find_checkpoint
 from charlm.core.vocab import Vocabulary
@@ -63,7 +63,7 @@ def load_model(path: str | Path) -> LoadedModel:
     """Build the model a checkpoint, run folder or .npz export describes and load its weights, in eval mode."""
     file = find_checkpoint(path)
     quantization, data = None, None
-    if file.suffix == ".npz":
+    if is_export(file):
         meta, arrays = read_export(file)
         model_config, vocab_chars, vocab_mode = meta["model"], meta["vocab"], meta.get("vocab_mode", "chars")
         state = {name: torch.from_numpy(array) for name, array in arrays.items()}

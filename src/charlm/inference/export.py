@@ -14,7 +14,7 @@ from pathlib import Path
 from charlm.core.atomic import check_output
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
-from charlm.core.export_format import write_export
+from charlm.core.export_format import check_output_name, write_export
 from charlm.core.run_folder import find_checkpoint
 from charlm.inference.checkpoint import load_model, numpy_weights
 
@@ -27,6 +27,7 @@ def export(checkpoint, fmt: str = "npz", out: Path | None = None) -> Path:
     source = find_checkpoint(checkpoint)
     out = Path(out) if out else source.with_suffix(".npz")
     check_output(out, source)
+    check_output_name(out, export=True)
     loaded = load_model(source)
     if loaded.quantization is not None:
         raise CharLMError(f"{source} holds int8 weights, which the export format does not; export the float "

@@ -26,6 +26,7 @@ from torch import nn
 from charlm.core.atomic import atomic_write, check_output
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
+from charlm.core.export_format import check_output_name
 from charlm.core.generation import generate
 from charlm.core.run_folder import find_checkpoint
 from charlm.inference.checkpoint import load_model
@@ -80,6 +81,7 @@ def main(argv: list[str]) -> None:
     source = find_checkpoint(args.checkpoint)
     out = args.out or source.with_suffix(".int8.pt")
     check_output(out, source, *([Path(args.data)] if args.data else []))
+    check_output_name(out, export=False)
     original = load_model(source)
     if original.quantization is not None:
         raise CharLMError(f"{source} is already quantized")

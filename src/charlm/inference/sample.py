@@ -10,7 +10,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from charlm.core.errors import CharLMError
-from charlm.core.export_format import read_export
+from charlm.core.export_format import is_export, read_export
 from charlm.core.generation import generate
 from charlm.core.inference_config import SampleConfig
 from charlm.core.run_config import group_settings
@@ -24,7 +24,7 @@ def open_model(cfg: DictConfig):
     when it generates one text at a time on the CPU, uncompiled: there the NumPy engine's matrix-vector
     products use every core and torch's use one (docs/performance.md); torch runs everything else,
     the CNN included."""
-    export = cfg.ckpt is not None and str(cfg.ckpt).endswith(".npz")
+    export = cfg.ckpt is not None and is_export(cfg.ckpt)
     if cfg.backend == "numpy" and not export:
         raise CharLMError("backend=numpy runs a portable export: first `charlm export CHECKPOINT "
                           "--format npz`, then sample.py backend=numpy ckpt=FILE.npz (or backend=auto runs a "
