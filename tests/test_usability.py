@@ -1,6 +1,7 @@
 """What users type and see: prompts as the shell passes them, TensorBoard that compares runs, instant
 answers from the entry points, and what to do after a run."""
 
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,8 @@ def test_every_run_has_its_settings_and_results_in_tensorboards_hparams_tab(trai
 def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train_here, capsys, caplog):
     _, run_dir = train_here(*TINY, "max_steps=3", "eval_interval=3")
     out = capsys.readouterr().out
+    # 3 steps log no training loss (every log_every_n_steps): the summary shows none, rather than nan
+    assert re.search(r"\nfinal val/loss \d\.\d{4}, best val/loss \d\.\d{4} at step 3\n", out)
     assert f"next:\n  python sample.py ckpt={run_dir}\n  python evaluate.py ckpt={run_dir}\n" \
            f"  tensorboard --logdir {run_dir}" in out
     # Lightning's model summary: the FLOPs of one block (T=16) through the 1-layer, 16-wide GPT, attention
