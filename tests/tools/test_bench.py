@@ -109,7 +109,9 @@ def test_the_validation_clock_records_every_validation(tmp_path):
     assert min(r["val_loss"] for r in records) == pytest.approx(best)
     for earlier, later in zip(records, records[1:], strict=False):
         assert 0 < earlier["train_s"] < later["train_s"] and 0 < earlier["validation_s"] < later["validation_s"]
-        assert later["time"] - earlier["time"] >= later["validation_s"] - earlier["validation_s"]
+        # the training between two validations lies between their results (the checkpoints written after
+        # each result count as validation time, and vary with the machine's load: no tighter bound holds)
+        assert later["time"] - earlier["time"] >= later["train_s"] - earlier["train_s"]
 
 
 FAKE_NANOGPT = """
