@@ -2,6 +2,8 @@
 
 import atexit
 import contextlib
+import functools
+import gc
 import os
 import shutil
 import signal
@@ -66,6 +68,15 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+@functools.cache
+def skip_final_collections() -> None:
+    """At exit, after the atexit handlers registered later (loggers, trackers, temporary folders) have run,
+    freeze every object left, so the interpreter's final garbage collections skip them: with torch and
+    Lightning loaded those walk millions of objects for over a second (docs/performance.md), only to
+    free memory that the process's exit frees anyway."""
+    atexit.register(gc.freeze)
+
+
 def run_cli(task: Callable, *args):
     """Run an entry point's task: the one place that turns what can go wrong into a line and an exit status.
 
@@ -76,6 +87,7 @@ def run_cli(task: Callable, *args):
     Set CHARLM_DEBUG=1 to get the full traceback instead.
     """
     debug = bool(os.environ.get("CHARLM_DEBUG"))
+    skip_final_collections()
     try:
         return task(*args)
     except Interrupted as stop:
