@@ -187,3 +187,10 @@ def test_config_ships_inside_the_package():
     # One copy: no conf/ link at the top of the repository (searches would show every file twice, and a
     # zip download would break it)
     assert not (Path(__file__).resolve().parents[1] / "conf").exists()
+
+
+def test_no_two_test_modules_share_a_name():
+    """pytest imports a test file by its name (tests/ holds no packages), so tests/core/test_x.py and
+    tests/test_x.py would collide: one of them fails to collect."""
+    names = [path.name for path in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
