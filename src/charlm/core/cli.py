@@ -72,7 +72,7 @@ def user_error(err: BaseException) -> BaseException | None:
 def skip_final_collections() -> None:
     """At exit, after the atexit handlers registered later (loggers, trackers, temporary folders) have run,
     freeze every object left, so the interpreter's final garbage collections skip them: with torch and
-    Lightning loaded those walk millions of objects for over a second (docs/performance.md), only to
+    Lightning loaded those walk some 400,000 objects for over a second (docs/performance.md), only to
     free memory that the process's exit frees anyway."""
     atexit.register(gc.freeze)
 
