@@ -28,7 +28,7 @@ def open_model(cfg: DictConfig):
     if cfg.backend == "numpy" and not export:
         raise CharLMError("backend=numpy runs a portable export: first `charlm export CHECKPOINT "
                           "--format npz`, then sample.py backend=numpy ckpt=FILE.npz (or backend=auto runs a "
-                          "checkpoint on the NumPy engine where that is faster)")
+                          "checkpoint on the NumPy engine where that is faster; int8 files run on torch only)")
     numpy_engine = cfg.backend == "numpy" or (
         cfg.backend == "auto" and cfg.num_samples == 1 and not cfg.compile and str(cfg.device).split(":")[0] == "cpu")
     if numpy_engine and export:
