@@ -247,13 +247,13 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
             sample = sample_text(runner, best_model.vocab, sampler.prompt_for(best_model.vocab),
                                  max(sampler.num_tokens, 200), temperature=sampler.temperature,
                                  rng=np.random.default_rng(sampler.seed))
-    # train/loss is logged every log_every_n_steps: a shorter run has none to show
-    final = [f"{key} {float(trainer.callback_metrics[key]):.4f}" for key in ("train/loss", "val/loss")
-             if key in trainer.callback_metrics]
+    metrics = trainer.callback_metrics  # train/loss only from log_every_n_steps on: a shorter run has none
+    losses = [f"{key} {float(metrics[key]):.4f}" for key in ("train/loss", "val/loss") if key in metrics]
+    losses.append(f"best val/loss {best_loss:.4f}" + (f" at step {best['step']}" if best else ""))
     say("\n".join([
         f"trained {step - plan.start_step} steps, {tokens:,} tokens in {seconds:.1f} s: "
         f"{tokens / seconds:,.0f} tokens/s (validation included)",
-        f"final {', '.join([*final, f'best val/loss {best_loss:.4f}'])}" + (f" at step {best['step']}" if best else ""),
+        "final " + ", ".join(losses),
         f"best checkpoint: {best_path or '-'}",
         "sample:", sample,
         "", *next_commands(run_dir), *tracker_commands(cfg),
