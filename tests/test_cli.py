@@ -165,6 +165,7 @@ BAD_SAMPLING = {
     "bad temperature": (["temperature=-1"], r"temperature must be a finite number >= 0, got -1"),
     "bad top_p": (["top_p=1.5"], r"top_p must be a finite number in \(0, 1\] or null, got 1.5"),
     "compile with numpy": (["compile=true", "backend=numpy"], r"compile=true needs backend=torch"),
+    "numpy on a GPU": (["device=cuda", "backend=numpy"], r"device=cuda needs backend=torch \(the NumPy engine"),
 }
 
 

@@ -129,27 +129,30 @@ def test_sampling_picks_the_faster_engine(trained_run, exported, overrides, engi
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for ckpt in (exported, trained_run):  # an export, or a checkpoint converted in memory
-            if "backend=numpy" in overrides and ckpt == trained_run:
-                continue  # backend=numpy runs exports only
             runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={ckpt}", *overrides]))
             assert type(runner).__name__ == engine and vocab.chars == load_model(trained_run).vocab.chars
             assert ("NumPy engine" in what) == (engine == "NumpyGPT")
 
 
-def test_a_cnn_export_samples_on_torch_and_only_backend_numpy_refuses_it(tmp_path):
+def test_a_cnn_samples_on_torch_and_only_backend_numpy_refuses_it(tmp_path):
+    """As an export or as a checkpoint: auto runs it on torch; numpy names the model it cannot run."""
     from hydra import compose, initialize_config_dir
 
     from charlm.inference.sample import open_model
 
     config = dict(name="cnn", n_layer=2, n_embd=16, block_size=16)
     model = build_model(config, vocab_size=3)
-    path = tmp_path / "cnn.npz"
-    write_export(path, config, "abc", {name: value.numpy() for name, value in model.state_dict().items()})
+    export = tmp_path / "cnn.npz"
+    write_export(export, config, "abc", {name: value.numpy() for name, value in model.state_dict().items()})
+    checkpoint = tmp_path / "cnn.ckpt"
+    torch.save({"hyper_parameters": {"model": config, "vocab": "abc"},
+                "state_dict": {f"model.{name}": value for name, value in model.state_dict().items()}}, checkpoint)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={path}"]))  # backend=auto
-        assert type(runner).__name__ == "TorchRunner" and vocab.chars == "abc" and what.endswith("(torch)")
-        with pytest.raises(CharLMError, match="^the NumPy engine runs GPT models; .* holds a cnn model$"):
-            open_model(compose("sample", overrides=[f"ckpt={path}", "backend=numpy"]))
+        for path in (export, checkpoint):
+            runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={path}"]))  # backend=auto
+            assert type(runner).__name__ == "TorchRunner" and vocab.chars == "abc" and what.endswith("(torch)")
+            with pytest.raises(CharLMError, match=f"^the NumPy engine runs GPT models.*; {path} holds a cnn model"):
+                open_model(compose("sample", overrides=[f"ckpt={path}", "backend=numpy"]))
 
 
 @pytest.mark.parametrize("source", ["export, backend=numpy", "run folder, backend=auto"])

@@ -70,5 +70,7 @@ def test_quantize_scores_the_runs_own_text_and_writes_only_its_output(train_here
     assert loaded.data["path"] == str(text) and loaded.data["train_fraction"] == 0.8
     assert loaded.model.blocks[0].attn.qkv.qweight.dtype == torch.int8
     assert len(sample_in_process(out, num_tokens=30)) == 1 + 30 + 1  # it samples
+    with pytest.raises(CharLMError, match=f"runs GPT models with float weights; {out} holds int8 weights"):
+        sample_in_process(out, 30, "T", "backend=numpy")  # auto runs it on torch
     with pytest.raises(CharLMError, match="already quantized"):
         quantize.main([str(out)])

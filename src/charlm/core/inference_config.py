@@ -38,13 +38,16 @@ class SampleConfig:
     compile: bool = knob(False, "torch.compile the GPT's one-character step (a CUDA graph on GPUs): pays for its "
                          "5-35 s compile on GPUs and long samples")
     backend: str = knob("auto", "auto: the NumPy engine for a GPT generating one text on the CPU, uncompiled, "
-                        "torch for the rest | torch | numpy (exports only)", choices=("auto", "torch", "numpy"))
+                        "torch for the rest | torch | numpy (a GPT, export or checkpoint, on the CPU)",
+                        choices=("auto", "torch", "numpy"))
     paths: Any = None
 
     def __post_init__(self):
         check_knobs(self)
         if self.compile and self.backend == "numpy":
             raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
+        if self.backend == "numpy" and self.device != "cpu":
+            raise CharLMError(f"device={self.device} needs backend=torch (the NumPy engine runs on the CPU)")
 
 
 @dataclass

@@ -23,12 +23,8 @@ def open_model(cfg: DictConfig):
     """(runner, vocabulary, what runs) for the configured backend. `auto` runs a GPT on the NumPy engine
     when it generates one text at a time on the CPU, uncompiled: there the NumPy engine's matrix-vector
     products use every core and torch's use one (docs/performance.md); torch runs everything else,
-    the CNN included."""
+    the CNN included. `numpy` runs any float GPT there, export or checkpoint."""
     export = cfg.ckpt is not None and is_export(cfg.ckpt)
-    if cfg.backend == "numpy" and not export:
-        raise CharLMError("backend=numpy runs a portable export: first `charlm export CHECKPOINT "
-                          "--format npz`, then sample.py backend=numpy ckpt=FILE.npz (or backend=auto runs a "
-                          "checkpoint on the NumPy engine where that is faster; int8 files run on torch only)")
     numpy_engine = cfg.backend == "numpy" or (
         cfg.backend == "auto" and cfg.num_samples == 1 and not cfg.compile and str(cfg.device).split(":")[0] == "cpu")
     if numpy_engine and export:
@@ -48,6 +44,10 @@ def open_model(cfg: DictConfig):
     loaded = load_model(path)
     if numpy_engine and loaded.model_config["name"] == "gpt" and loaded.quantization is None:
         return NumpyGPT(loaded.model_config, numpy_weights(loaded.model)), loaded.vocab, f"{loaded.path} (NumPy engine)"
+    if cfg.backend == "numpy":
+        holds = "int8 weights" if loaded.quantization else f"a {loaded.model_config['name']} model"
+        raise CharLMError(f"the NumPy engine runs GPT models with float weights; {loaded.path} holds {holds} "
+                          "(backend=torch runs it)")
     runner = TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile)
     return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if cfg.compile else ''})"
 
