@@ -46,7 +46,7 @@ class SampleConfig:
         check_knobs(self)
         if self.compile and self.backend == "numpy":
             raise CharLMError("compile=true needs backend=torch (the NumPy engine has nothing to compile)")
-        if self.backend == "numpy" and self.device != "cpu":
+        if self.backend == "numpy" and self.device.split(":")[0] != "cpu":
             raise CharLMError(f"device={self.device} needs backend=torch (the NumPy engine runs on the CPU)")
 
 
