@@ -13,6 +13,7 @@ from pathlib import Path
 import forked
 import pytest
 import torch
+import yaml
 from conftest import CONF, ROOT, TINY, compose_run, folder_bytes, run_script
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -321,19 +322,23 @@ def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its
     before = folder_bytes(run_dir)
     fresh = run_script("train.py", *TINY, "max_steps=2", f"paths.root={out}", f"hydra.run.dir={run_dir}")
     assert fresh.returncode == 2 and fresh.stderr == (
-        f"error: {run_dir} holds a finished run (40 steps): resume it with ckpt_path={run_dir} (plus its arguments "
-        "and a larger max_steps), or leave out hydra.run.dir and this run gets a new folder\n")
+        f"error: {run_dir} holds a finished run (40 steps): resume it with ckpt_path={run_dir} (and a larger "
+        "max_steps: it takes the arguments it was started with), or leave out hydra.run.dir and this run gets a new "
+        "folder\n")
     assert folder_bytes(run_dir) == before
     nothing_to_do = run_script("train.py", *TINY, "max_steps=40", f"ckpt_path={run_dir}", f"paths.root={out}")
     assert nothing_to_do.returncode == 0 and "nothing to train, nothing changed" in nothing_to_do.stderr
     assert folder_bytes(run_dir) == before and [p.name for p in (out / "runs").iterdir()] == ["tiny"]
-    resumed = run_script("train.py", *TINY, "max_steps=45", "eval_interval=20", f"ckpt_path={run_dir}",
-                         f"paths.root={out}")
+    # only what changes: the model and the rest come from the arguments the run was started with
+    resumed = run_script("train.py", "max_steps=45", f"ckpt_path={run_dir}", f"paths.root={out}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    started_with = [*TINY, "eval_interval=20"]  # (its max_steps=40 and hydra.run.dir are not carried over)
+    assert f"resuming {run_dir} with the arguments it was started with: {' '.join(started_with)}\n" in resumed.stderr
     assert [p.name for p in (out / "runs").iterdir()] == ["tiny"]  # it wrote into the run it resumed, only
     log = (run_dir / "train.log").read_text()
     assert log.startswith(before["train.log"].decode()) and f"resuming {run_dir / 'checkpoints' / 'last.ckpt'}" in log
-    assert "- max_steps=45" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the resume's own config
+    assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == [
+        *started_with, "max_steps=45", f"ckpt_path='{run_dir}'", f"paths.root={out}"]  # the resume's own config
 
 
 @pytest.mark.parametrize(("rank", "hpc"), [("0", False), ("0", True), ("1", False)])

@@ -14,10 +14,12 @@ from types import SimpleNamespace
 import forked
 import pytest
 import torch
-from conftest import ROOT, TINY, folder_bytes, run_script, sample_in_process, train_in_process
+import yaml
+from conftest import ROOT, TINY, TINY_RUN, folder_bytes, run_script, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.core.errors import CharLMError
+from charlm.core.run_config import with_run_arguments
 from charlm.core.run_folder import hold_run_folder
 from charlm.training.callbacks import GracefulInterrupt
 from charlm.training.lightning_module import LanguageModel
@@ -101,6 +103,39 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
     for step, loss in after.items():
         assert loss == pytest.approx(whole[step], abs=1e-6), f"step {step + 1}"
     assert saved_step(crashed / "checkpoints" / "last.ckpt") == 150  # in the same run folder
+
+
+def test_a_resume_takes_the_arguments_its_run_was_started_with(tmp_path):
+    """Before the ones given now, which win knob by knob (a copy such as trainer.max_steps counts as its
+    owner); never the old ckpt_path, nor a search; nothing for a sweep or a folder that is not a run."""
+    run = tmp_path / "runs" / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").touch()
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["experiment=gpt_0.2m", "trainer.max_steps=100", "ckpt_path=old", "hparams_search=lr_size",
+         "~callbacks.early_stopping", "init_from='/a b'", "lr=1e-3"]))
+    carried = ["experiment=gpt_0.2m", "~callbacks.early_stopping", "init_from='/a b'"]
+    for where in ("last", run, run / "checkpoints" / "last.ckpt"):
+        argv = ["train.py", f"ckpt_path={where}", f"paths.root={tmp_path}", "max_steps=200", "+lr=2e-3"]
+        with_run_arguments(argv)
+        assert argv == ["train.py", *carried, f"ckpt_path={where}", f"paths.root={tmp_path}", "max_steps=200",
+                        "+lr=2e-3"]
+    for argv in (["train.py", "-m", f"ckpt_path={run}"], ["train.py", f"ckpt_path={tmp_path}"], ["train.py", "lr=1"]):
+        unchanged = list(argv)
+        with_run_arguments(argv)
+        assert argv == unchanged
+
+
+def test_a_fine_tuning_run_resumes_with_its_checkpoints_model(train_here, trained_run, tmp_path, capsys):
+    """init_from gives the model and vocabulary (here block_size 16, not the default 32), ckpt_path the
+    state: what `train.py ckpt_path=RUN` does with a fine-tuning run's own arguments."""
+    fine_tune = [*TINY_RUN, f"init_from={trained_run}", "lr=1e-4", "eval_interval=4"]
+    _, tuned = train_here(*fine_tune, "max_steps=4", run_dir=tmp_path / "tuned")
+    train_here(*fine_tune, "max_steps=8", f"ckpt_path={tuned}", run_dir=tmp_path / "unused")
+    checkpoint = torch.load(tuned / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 8 and checkpoint["hyper_parameters"]["model"]["block_size"] == 16
+    assert f"resuming {tuned / 'checkpoints' / 'last.ckpt'} at step 4" in capsys.readouterr().out
 
 
 # One start-up (torch and Lightning take seconds), then a forked writer per line read: each saves

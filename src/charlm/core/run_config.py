@@ -10,6 +10,7 @@ Torch-free and Lightning-free: it answers before the heavy imports.
 """
 
 import copy
+import sys
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,8 +25,15 @@ from charlm.core.corpus import check_source, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import SCORING_BATCH, EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
-from charlm.core.run_folder import check_free, find_checkpoint, launched_rank, requeue_checkpoint, resume_file
-from charlm.core.sweep import in_sweep, job_overrides
+from charlm.core.run_folder import (
+    check_free,
+    find_checkpoint,
+    launched_rank,
+    requeue_checkpoint,
+    resume_file,
+    run_folder_of,
+)
+from charlm.core.sweep import as_dict, in_sweep, job_overrides
 from charlm.core.vocab import MODES
 
 MODEL = {spec.name: spec.default for spec in fields(GPTConfig)}  # the top-level sizes default to the GPT's
@@ -52,7 +60,8 @@ class RunKnobs:
     seed: int = knob(1337, "seeds weights, batches and dropout", check=checks.seed)
     threads: int | None = knob(None, "intra-op CPU threads; null keeps torch's default (one per core)",
                                check=checks.threads)
-    ckpt_path: str | None = knob(None, "resume: a checkpoint file, a run folder (its last.ckpt) or last")
+    ckpt_path: str | None = knob(None, "resume: a checkpoint file, a run folder (its last.ckpt) or last; "
+                                   "the run's own arguments apply, then those given")
     init_from: str | None = knob(None, "fine-tune: start from this checkpoint's weights, model and vocabulary")
     compile: bool = knob(False, "torch.compile the model (falls back to eager with a warning where it cannot)")
 
@@ -209,9 +218,46 @@ RUN_FOLDER_COPIES = ("paths.run_dir", "trainer.default_root_dir", "callbacks.che
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 
 
+# A resume does not take these from the arguments its run was started with: where to resume from is
+# given now, and a search would start a new sweep.
+NOT_RESUMED = ("ckpt_path", "hparams_search")
+
+
+def override_key(item: str) -> str:
+    """The key a Hydra override sets ("+a.b=1" -> "a.b", "~a" -> "a")."""
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def owner_of(key: str) -> str:
+    """The knob a key sets: a copy's owner (trainer.max_steps -> max_steps), else the key itself."""
+    return COPIES.get(key, (key,))[0]
+
+
 def override_keys(overrides) -> set[str]:
-    """The keys a list of Hydra overrides sets ("+a.b=1" -> "a.b")."""
-    return {item.split("=", 1)[0].lstrip("+~") for item in overrides or [] if "=" in item}
+    """The keys a list of Hydra overrides sets."""
+    return {override_key(item) for item in overrides or [] if "=" in item}
+
+
+def with_run_arguments(argv: list[str]) -> None:
+    """`ckpt_path=RUN` (a run folder, a checkpoint in one, or `last`) takes the arguments RUN was started with
+    (its .hydra/overrides.yaml), placed before the ones given now, which win knob by knob: `python train.py
+    ckpt_path=last` continues the newest run as it was set up, `... max_steps=9000` extends it. In place."""
+    if "-m" in argv or "--multirun" in argv:
+        return
+    given = {owner_of(key): value for key, value in as_dict(argv[1:]).items()}
+    if given.get("ckpt_path") in (None, "", "null"):
+        return
+    root = given.get("paths.root") or OmegaConf.load(resources.files("charlm") / "conf" / "paths" / "default.yaml").root
+    try:
+        run = run_folder_of(resume_file(given["ckpt_path"], Path(root) / "runs"))
+        started_with = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    except (CharLMError, OSError, TypeError, ValueError):  # no such run, or not laid out as ours: the run says why
+        return
+    carried = [item for item in started_with
+               if isinstance(item, str) and owner_of(override_key(item)) not in {*given, *NOT_RESUMED}]
+    if carried:
+        print(f"resuming {run} with the arguments it was started with: {' '.join(carried)}", file=sys.stderr)
+        argv[1:1] = carried
 
 
 def resolve_copies(cfg: DictConfig, overrides=()) -> None:

@@ -143,8 +143,9 @@ def taken(folder: Path) -> CharLMError:
         what = f"a {summary['status']} run ({summary['steps']} steps)"
     except (OSError, ValueError, KeyError, TypeError):
         what = "an interrupted run"
-    return CharLMError(f"{folder} holds {what}: resume it with ckpt_path={folder} (plus its arguments and a larger "
-                       "max_steps), or leave out hydra.run.dir and this run gets a new folder")
+    return CharLMError(f"{folder} holds {what}: resume it with ckpt_path={folder} (and a larger max_steps: it "
+                       "takes the arguments it was started with), or leave out hydra.run.dir and this run gets a new "
+                       "folder")
 
 
 @contextlib.contextmanager

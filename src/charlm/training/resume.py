@@ -59,9 +59,7 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path, model_config: dict,
 def fine_tune_source(knobs, vocab_mode: str) -> tuple[LoadedModel, dict]:
     """The checkpoint to fine-tune from (`knobs.init_from`), and the model config to train: the
     checkpoint's, with this run's dropout. Its vocabulary and block size are kept, so text with other
-    characters is rejected."""
-    if knobs.ckpt_path is not None:
-        raise CharLMError("give init_from (start a new run from trained weights) or ckpt_path (resume a run), not both")
+    characters is rejected. (With ckpt_path too, a fine-tuning run resumes: this gives its model.)"""
     init = load_model(knobs.init_from)
     if init.quantization is not None:
         raise CharLMError(f"cannot fine-tune a quantized checkpoint: {init.path}; use the float checkpoint")

@@ -166,7 +166,7 @@ def train(cfg: DictConfig) -> float:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan.ckpt_file) if plan.ckpt_file else None)
         except StopNow as stop:
             raise Interrupted(f"{signal.Signals(stop.signum).name} again: stopped at once; {run_dir / 'checkpoints'} "
-                              f"holds the last saved step; resume with the same arguments plus ckpt_path={run_dir}",
+                              f"holds the last saved step; resume with ckpt_path={run_dir}",
                               128 + stop.signum) from None
         seconds = time.perf_counter() - start_time
         if not trainer.is_global_zero:
@@ -177,7 +177,7 @@ def train(cfg: DictConfig) -> float:
         if in_sweep():
             write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
         raise Interrupted(f"{signal.Signals(interrupt.signum).name}: saved {run_dir / 'checkpoints' / 'last.ckpt'} "
-                          f"at step {interrupt.saved_at}; resume with the same arguments plus ckpt_path={run_dir}",
+                          f"at step {interrupt.saved_at}; resume with ckpt_path={run_dir}",
                           128 + interrupt.signum)
     return best
 
