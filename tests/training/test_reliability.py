@@ -95,8 +95,15 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
 
     # The crash needs a process of its own; the resume runs here, as `train.py ... ckpt_path=crashed` would.
     before = event_files(crashed)
+    seconds_before = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)["wall_time_s"]
     train_in_process(tmp_path / "resume-log", *STEADY, "max_steps=150", f"ckpt_path={crashed}")
-    assert f"resuming {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"resuming {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in printed
+    # the run's wall time spans both calls: the crashed one's up to its checkpoint, and the resume's
+    summary = json.loads((crashed / "summary.json").read_text())
+    this_call = (150 - resumed_from) * 16 * 16 / summary["tokens_per_s"]
+    assert seconds_before > 0 and summary["wall_time_s"] == pytest.approx(seconds_before + this_call, rel=1e-9)
+    assert f"; {summary['wall_time_s']:.1f} s in all, with the calls it resumed" in printed
     [resumed_events] = event_files(crashed) - before  # not the last name: names hold whole seconds, then the pid
     whole, after = step_losses(uninterrupted / "tb"), step_losses(resumed_events)
     assert sorted(after) == list(range(resumed_from, 150))  # logged at step index: steps resumed_from+1 .. 150

@@ -21,6 +21,7 @@ from charlm.models.int8 import quantize_model
 # Keys the LightningModule adds to training checkpoints:
 TOKENS_KEY = "tokens_trained"  # training tokens so far, over every resume and batch size
 BEST_KEY = "best_val"  # {"loss": the lowest val/loss so far, "step": its global step}, or None before any
+WALL_KEY = "wall_time_s"  # seconds of training so far (validation included), over every resume
 
 
 def load_mapped(path: Path) -> dict:

@@ -2,6 +2,7 @@
 
 import math
 import random
+import time
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ from torchmetrics import MeanMetric
 from charlm.core.errors import CharLMError
 from charlm.core.run_config import OptimizerConfig
 from charlm.core.vocab import Vocabulary
-from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY
+from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, WALL_KEY
 from charlm.models import build_model
 from charlm.training.internals import set_plain_attribute
 from charlm.training.recipe import make_optimizer, next_token_loss
@@ -35,6 +36,12 @@ class LanguageModel(L.LightningModule):
         self.tokens_trained = 0  # counted per batch: a resumed run may use another batch size
         self.best_val: dict | None = None
         self.processes = 1
+        self.started_at = time.perf_counter()  # this call's start: train() sets it as it calls fit
+        self.earlier_seconds: float | None = None  # resumed: the calls before (None: the checkpoint did not count)
+
+    def wall_time(self) -> float:
+        """Seconds the run has trained so far, this call and the ones it resumed."""
+        return (self.earlier_seconds or 0.0) + time.perf_counter() - self.started_at
 
     def __setattr__(self, name, value):
         if not set_plain_attribute(self, name, value):  # Lightning's per-hook name, cheaply (charlm.training.internals)
@@ -86,6 +93,7 @@ class LanguageModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TOKENS_KEY] = self.tokens_trained
         checkpoint[BEST_KEY] = self.best_val
+        checkpoint[WALL_KEY] = self.wall_time()
         # Plain types and tensors only, so checkpoints still load with torch.load(weights_only=True).
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -96,6 +104,7 @@ class LanguageModel(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_trained = checkpoint.get(TOKENS_KEY)
         self.best_val = checkpoint.get(BEST_KEY)
+        self.earlier_seconds = checkpoint.get(WALL_KEY)
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])

@@ -161,14 +161,14 @@ def train(cfg: DictConfig) -> float:
             ensure_writable(run_dir / "checkpoints")
             remember_runs(run_dir, loggers)  # so a resume continues the same MLflow and W&B runs
         trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
-        start_time = time.perf_counter()
+        module.started_at = time.perf_counter()
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan.ckpt_file) if plan.ckpt_file else None)
         except StopNow as stop:
             raise Interrupted(f"{signal.Signals(stop.signum).name} again: stopped at once; {run_dir / 'checkpoints'} "
                               f"holds the last saved step; resume with ckpt_path={run_dir}",
                               128 + stop.signum) from None
-        seconds = time.perf_counter() - start_time
+        seconds = time.perf_counter() - module.started_at
         if not trainer.is_global_zero:
             return math.inf
         interrupted = interrupt is not None and interrupt.saved_at is not None
@@ -229,7 +229,8 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         "name": knobs.name, "model": plan.model["name"], "seed": knobs.seed, "parameters": n_params, "steps": step,
         "tokens": step * tokens_per_step if total_tokens is None else int(total_tokens),
         "best_val_loss": best_loss, "best_val_bpc": best_loss / math.log(2), "best_step": best and best["step"],
-        "tokens_per_s": tokens / seconds, "wall_time_s": seconds, "best_checkpoint": best_path, "status": status,
+        "tokens_per_s": tokens / seconds, "wall_time_s": (module.earlier_seconds or 0.0) + seconds,
+        "best_checkpoint": best_path, "status": status,
         "optimizer": plan.optimizer["name"], "muon_dtype": plan.optimizer.get("muon_dtype"),
     }
     results = {"best_val_loss": best_loss, "best_val_bpc": summary["best_val_bpc"], "parameters": n_params,
@@ -252,7 +253,8 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     losses.append(f"best val/loss {best_loss:.4f}" + (f" at step {best['step']}" if best else ""))
     say("\n".join([
         f"trained {step - plan.start_step} steps, {tokens:,} tokens in {seconds:.1f} s: "
-        f"{tokens / seconds:,.0f} tokens/s (validation included)",
+        f"{tokens / seconds:,.0f} tokens/s (validation included)"
+        + (f"; {summary['wall_time_s']:.1f} s in all, with the calls it resumed" if module.earlier_seconds else ""),
         "final " + ", ".join(losses),
         f"best checkpoint: {best_path or '-'}",
         "sample:", sample,
