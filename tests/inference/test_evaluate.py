@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 from conftest import CONF, TINY, TINY_RUN, run_script
@@ -81,6 +82,9 @@ def test_a_byte_level_model_trains_fine_tunes_and_samples_utf8(train_here, tmp_p
     sample(compose_named("sample", f"ckpt={run_dir}", "prompt='Ça'", "num_tokens=40", "seed=0"))
     out = capsys.readouterr().out
     assert out.startswith("Ça") and out.encode("utf-8").decode("utf-8") == out  # text, whatever the bytes
+    evaluate(compose_named("evaluate", f"ckpt={run_dir}"))
+    assert re.search(r"^val blocks: loss [0-9.]+ nats/byte, [0-9.]+ bpc over [0-9,]+ bytes \(blocks of 16; ",
+                     capsys.readouterr().out)  # per byte, as enwik8 results are given
 
 
 def test_a_fine_tuned_model_is_scored_on_the_text_it_was_tuned_on(trained_run, train_here, tmp_path):

@@ -125,6 +125,7 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"scoring {file} on the {cfg.split} split of {source} ({len(ids):,} tokens)" + (f"; {job}" if job else ""),
           file=sys.stderr)
     results = {"checkpoint": str(file), "split": cfg.split, "tokens": len(ids)}
+    unit, units = ("byte", "bytes") if loaded.vocab.mode == "bytes" else ("char", "characters")  # bpc: per either
     for name, stride in [("blocks", None)] + ([("sliding", cfg.stride)] if cfg.stride else []):
         began = time.perf_counter()
         total, count = score(model, ids, block_size, stride, cfg.batch_size, cfg.device, progress=True)
@@ -132,8 +133,8 @@ def evaluate(cfg: DictConfig) -> dict:
         loss = total / count
         results[name] = {"loss": loss, "bpc": loss / math.log(2), "scored": count, "seconds": seconds}
         how = f"blocks of {block_size}" if stride is None else f"windows of {block_size}, stride {stride}"
-        print(f"{cfg.split} {name}: loss {loss:.4f} nats/char, {loss / math.log(2):.4f} bpc over {count:,} "
-              f"characters ({how}; {count / seconds:,.0f} characters/s)")
+        print(f"{cfg.split} {name}: loss {loss:.4f} nats/{unit}, {loss / math.log(2):.4f} bpc over {count:,} "
+              f"{units} ({how}; {count / seconds:,.0f} {units}/s)")
     return results
 
 
