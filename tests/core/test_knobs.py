@@ -146,3 +146,5 @@ def test_a_sweep_over_models_keeps_n_head_for_the_gpt_jobs_only(compose_config):
     overrides = ["model=cnn", "n_head=2"]  # one job of `-m model=cnn,gpt n_head=2`
     settings = prepare_run_config(compose_config(*overrides), overrides, sweep=True)
     assert "n_head" not in settings.model  # nor in its HParams
+    resumed = [*overrides, "ckpt_path=that/job"]  # resuming that job takes the arguments it started with
+    assert "n_head" not in prepare_run_config(compose_config(*resumed), resumed).model

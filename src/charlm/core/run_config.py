@@ -285,13 +285,15 @@ def resolve_copies(cfg: DictConfig, overrides=()) -> None:
 
 def refuse_what_does_not_apply(cfg: DictConfig, given: set[str], sweep: bool) -> None:
     """A knob set on the command line that the chosen model, optimizer or starting point ignores is
-    refused, naming what it applies to. Set by a preset, or in a sweep (`-m model=cnn,gpt n_head=2`
-    sets it for the jobs it applies to), it is left out of the run's settings."""
+    refused, naming what it applies to. Set by a preset, in a sweep (`-m model=cnn,gpt n_head=2` sets it
+    for the jobs it applies to), or in a resume (which takes the arguments its run, perhaps such a job,
+    started with), it is left out of the run's settings."""
     model, optimizer = cfg.model.name, cfg.optimizer.name
     muon_keys = sorted(k for k in given if k.startswith("optimizer.muon_"))
-    if model != "gpt" and "n_head" in given and not sweep:
+    lenient = sweep or cfg.ckpt_path is not None
+    if model != "gpt" and "n_head" in given and not lenient:
         raise CharLMError(f"n_head applies to model=gpt only; this run trains model={model}: drop n_head")
-    if optimizer != "muon" and muon_keys and not sweep:
+    if optimizer != "muon" and muon_keys and not lenient:
         raise CharLMError(f"{muon_keys[0]} applies to optimizer=muon only; this run uses optimizer={optimizer}: "
                           "add optimizer=muon, or drop it")
     shaped = sorted(k for k in given if k in MODEL_SHAPE or k.startswith("model."))
