@@ -135,27 +135,27 @@ class Muon(torch.optim.Muon):
             lr, decay = group["lr"], 1 - group["lr"] * group["weight_decay"]
             for params, stack in zip(alike, orthogonal, strict=True):
                 for p, update in zip(params, stack, strict=True):
-                    wide = p.t() if p.shape[0] > p.shape[1] else p
                     if decay != 1:  # multiplying by 1 changes nothing: skipped
-                        wide.mul_(decay)
-                    wide.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+                        wide(p).mul_(decay)
+                    wide(p).add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
         return loss
 
     def momentum_updates(self, params: list[torch.Tensor], group: dict) -> torch.Tensor:
         """Update the momentum buffers of same-shaped matrices; return the stack (N, m, n), m <= n, to
         orthogonalise: the Nesterov update, or the momentum itself."""
-        def wide(t: torch.Tensor) -> torch.Tensor:
-            return t.t() if t.shape[0] > t.shape[1] else t
-
         buffers = []
         for p in params:
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            buffers.append(wide(state["momentum_buffer"]))
-        grads = torch.stack([wide(p.grad) for p in params])
+            buffers.append(state["momentum_buffer"])
+        grads = [p.grad for p in params]
         momentum = group["momentum"]
-        stacked = torch.stack(buffers).lerp_(grads, 1 - momentum)
-        for buffer, new in zip(buffers, stacked, strict=True):
-            buffer.copy_(new)
-        return grads.lerp_(stacked, momentum) if group["nesterov"] else stacked
+        torch._foreach_lerp_(buffers, grads, 1 - momentum)
+        updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
+        return torch.stack([wide(u) for u in updates])
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """A matrix with no more rows than columns: a tall one's transpose (a view)."""
+    return t.t() if t.shape[0] > t.shape[1] else t
