@@ -51,9 +51,9 @@ def run_attention(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     prepare_hydra()
-    with_run_arguments(sys.argv)  # a resume: the arguments its run was started with, then the ones given
+    taken = with_run_arguments(sys.argv)  # a resume: the arguments its run was started with, then the ones given
     run_cli(take_text_arguments, ("ckpt_path", "init_from"))  # paths as the shell passed them, before Hydra
-    hydra_main(run_train)
+    hydra_main(run_train, taken)
 
 
 def sample_main() -> None:

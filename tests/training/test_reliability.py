@@ -132,6 +132,12 @@ def test_a_resume_takes_the_arguments_its_run_was_started_with(tmp_path):
         unchanged = list(argv)
         with_run_arguments(argv)
         assert argv == unchanged
+    # a recorded argument this release does not know (a renamed knob): the error says where it came from
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model=cnn", "model.num_layers=3"]))
+    result = run_script("train.py", f"ckpt_path={run}")
+    assert result.returncode == 2 and result.stderr.endswith(
+        f"error: model.num_layers is not a setting (--help lists them; +model.num_layers=VALUE adds a new key) "
+        f"(an argument of the run, from {run / '.hydra' / 'overrides.yaml'})\n")
 
 
 def test_a_fine_tuning_run_resumes_with_its_checkpoints_model(train_here, trained_run, tmp_path, capsys):

@@ -21,7 +21,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from charlm.core.atomic import ensure_writable
 from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.model_config import MODEL_CONFIGS
-from charlm.core.run_config import group_help, knob_help, register_schemas
+from charlm.core.run_config import group_help, knob_help, override_key, register_schemas
 from charlm.core.run_folder import holds_run, make_folder, new_folder, remove_unused_folders
 from charlm.core.sweep import in_sweep, job_folder_name
 
@@ -132,9 +132,10 @@ def config_error(err: BaseException) -> str:
     return ": ".join([one_line(err), *detail])
 
 
-def hydra_main(main: Callable) -> None:
+def hydra_main(main: Callable, taken: tuple[Path, list[str]] | None = None) -> None:
     """Run a Hydra main with its errors in composing the config as one line and exit status 2 (Hydra
-    prints them over several lines with status 1). A job's own errors were printed by run_cli."""
+    prints them over several lines with status 1). A job's own errors were printed by run_cli.
+    `taken`: the file and arguments a resume took from its run (an error in one of them says where it is)."""
     traceback_wanted = bool(os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("CHARLM_DEBUG"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
     try:
@@ -142,7 +143,10 @@ def hydra_main(main: Callable) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         if traceback_wanted:
             raise
-        print(f"error: {config_error(err)}", file=sys.stderr, flush=True)
+        message = config_error(err)
+        if taken and any(override_key(item) in message for item in taken[1]):
+            message += f" (an argument of the run, from {taken[0]})"
+        print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     except Exception as err:
         if traceback_wanted or user_error(err) is None:

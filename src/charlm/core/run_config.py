@@ -238,26 +238,29 @@ def override_keys(overrides) -> set[str]:
     return {override_key(item) for item in overrides or [] if "=" in item}
 
 
-def with_run_arguments(argv: list[str]) -> None:
+def with_run_arguments(argv: list[str]) -> tuple[Path, list[str]] | None:
     """`ckpt_path=RUN` (a run folder, a checkpoint in one, or `last`) takes the arguments RUN was started with
     (its .hydra/overrides.yaml), placed before the ones given now, which win knob by knob: `python train.py
-    ckpt_path=last` continues the newest run as it was set up, `... max_steps=9000` extends it. In place."""
+    ckpt_path=last` continues the newest run as it was set up, `... max_steps=9000` extends it. In place;
+    returns the file and the arguments taken from it, if any."""
     if "-m" in argv or "--multirun" in argv:
-        return
+        return None
     given = {owner_of(key): value for key, value in as_dict(argv[1:]).items()}
     if given.get("ckpt_path") in (None, "", "null"):
-        return
+        return None
     root = given.get("paths.root") or OmegaConf.load(resources.files("charlm") / "conf" / "paths" / "default.yaml").root
     try:
         run = run_folder_of(resume_file(given["ckpt_path"], Path(root) / "runs"))
         started_with = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
     except (CharLMError, OSError, TypeError, ValueError):  # no such run, or not laid out as ours: the run says why
-        return
+        return None
     carried = [item for item in started_with
                if isinstance(item, str) and owner_of(override_key(item)) not in {*given, *NOT_RESUMED}]
-    if carried:
-        print(f"resuming {run} with the arguments it was started with: {' '.join(carried)}", file=sys.stderr)
-        argv[1:1] = carried
+    if not carried:
+        return None
+    print(f"resuming {run} with the arguments it was started with: {' '.join(carried)}", file=sys.stderr)
+    argv[1:1] = carried
+    return run / ".hydra" / "overrides.yaml", carried
 
 
 def resolve_copies(cfg: DictConfig, overrides=()) -> None:
