@@ -143,17 +143,14 @@ class Muon(torch.optim.Muon):
     def momentum_updates(self, params: list[torch.Tensor], group: dict) -> torch.Tensor:
         """Update the momentum buffers of same-shaped matrices; return the stack (N, m, n), m <= n, to
         orthogonalise: the Nesterov update, or the momentum itself."""
-        buffers = []
+        momentum, updates = group["momentum"], []
         for p in params:
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            buffers.append(state["momentum_buffer"])
-        grads = [p.grad for p in params]
-        momentum = group["momentum"]
-        torch._foreach_lerp_(buffers, grads, 1 - momentum)
-        updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
-        return torch.stack([wide(u) for u in updates])
+            buffer = state["momentum_buffer"].lerp_(p.grad, 1 - momentum)  # in place: no stack to copy back
+            updates.append(wide(p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer))
+        return torch.stack(updates)
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
