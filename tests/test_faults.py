@@ -14,7 +14,7 @@ import forked
 import pytest
 import torch
 import yaml
-from conftest import CONF, ROOT, TINY, compose_run, folder_bytes, run_script
+from conftest import CONF, ROOT, TINY, compose_run, folder_bytes, run_script, sample_in_process
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -112,8 +112,8 @@ def test_no_tool_overwrites_its_input(run_copy):
 
 
 def test_no_tool_writes_a_file_under_a_name_that_reads_back_as_the_other_kind(run_copy, tmp_path):
-    """Every reader tells an export from a torch file by the .npz suffix, so an int8 model named .npz, or
-    an export named otherwise, would be written and then never read: refused before anything is written."""
+    """Readers take a .npz file for an export, so an int8 model named .npz, or an export named otherwise,
+    would be written and then not read back as written: refused before anything is written."""
     last, out = run_copy / "checkpoints" / "last.ckpt", tmp_path / "out"
     out.mkdir()
     with pytest.raises(CharLMError, match=r"^--out .*q\.int8\.npz: a \.npz name would be read as an export; "
@@ -128,6 +128,10 @@ def test_no_tool_writes_a_file_under_a_name_that_reads_back_as_the_other_kind(ru
     export.main([str(last), "--out", str(out / "model.npz")])
     assert load_model(out / "q.int8.pt").quantization is not None
     assert load_model(out / "model.npz").model_config == load_model(last).model_config
+    # an export renamed by hand still reads as an export, by what it holds (on the NumPy engine too)
+    shutil.copy(out / "model.npz", out / "renamed.pt")
+    assert load_model(out / "renamed.pt").model_config == load_model(last).model_config
+    assert sample_in_process(out / "renamed.pt", 20, "T", "backend=numpy") == sample_in_process(last, 20, "T")
 
 
 def test_quantize_checks_the_text_before_it_writes(run_copy, tmp_path):

@@ -12,17 +12,27 @@ from charlm.core.errors import CharLMError
 
 FORMAT = "charlm-npz"
 VERSION = 1
-SUFFIX = ".npz"  # what tells an export from a torch checkpoint, wherever a file is read
+SUFFIX = ".npz"  # an export's name; tools write exports under it, and torch files under any other
+META = "__meta__.npy"  # inside every export (a zip), and in no torch file
 
 
 def is_export(path) -> bool:
-    return Path(path).suffix == SUFFIX
+    """Whether a file reads as an export: named .npz, or a zip holding the export's metadata (an export
+    renamed by hand; a torch checkpoint is a zip too, without it)."""
+    path = Path(path).expanduser()
+    if path.suffix == SUFFIX:
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:  # reads the archive's directory, not its contents
+            return META in archive.namelist()
+    except (OSError, zipfile.BadZipFile):  # a folder, a missing file, or no zip at all
+        return False
 
 
 def check_output_name(out: Path, export: bool) -> None:
-    """Files are read back by their names (.npz: an export; anything else: a torch checkpoint), so a tool
-    writing one kind refuses a name that would be read as the other."""
-    if is_export(out) != export:
+    """Tools write exports under .npz names and torch files under any other, so the two kinds stay
+    apart by name too: a tool writing one kind refuses a name of the other."""
+    if (Path(out).suffix == SUFFIX) != export:
         kind = f"an export needs the {SUFFIX} suffix" if export else f"a {SUFFIX} name would be read as an export"
         raise CharLMError(f"--out {out}: {kind}; give {Path(out).with_suffix(SUFFIX if export else '.pt')}")
 
