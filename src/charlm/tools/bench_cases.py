@@ -247,6 +247,8 @@ def bench_training(cases: list[str], steps: int, threads: int | None, rounds: in
             case_config(case)  # fail early, in this process, on a bad case
             with spawn.Pool(1) as pool:
                 rows.append(pool.apply(training_case, (case, steps, threads, rounds)))
+                pool.close()  # the worker leaves on its own, releasing what it holds (`with` would kill it)
+                pool.join()
             print_row(rows[-1])
     finally:
         signal.signal(signal.SIGTERM, previous)
