@@ -59,7 +59,7 @@ def compose_pictures(*overrides):
         return compose(config_name="attention", overrides=list(overrides))
 
 
-def test_the_attention_command_writes_a_readable_png(trained_run, tmp_path, capsys):
+def test_the_attention_command_writes_a_readable_picture_in_the_format_its_name_says(trained_run, tmp_path, capsys):
     out = tmp_path / "heads.png"
     draw(compose_pictures(f"ckpt={trained_run}", "prompt='To be, or not'", f"out={out}"))
     image = matplotlib.image.imread(out)
@@ -68,6 +68,14 @@ def test_the_attention_command_writes_a_readable_png(trained_run, tmp_path, caps
     draw(compose_pictures(f"ckpt={trained_run}", f"prompt='{'to be or not ' * 5}'", f"out={long}"))
     assert "longer than block_size (16): showing its last block" in capsys.readouterr().err
     assert long.stat().st_size > 0
+    # the format the suffix names, as a viewer expects from the name; one matplotlib cannot write is refused
+    for name, starts in [("heads.svg", b"<?xml"), ("heads.pdf", b"%PDF"), ("heads.jpg", b"\xff\xd8\xff")]:
+        draw(compose_pictures(f"ckpt={trained_run}", "prompt=To be", f"out={tmp_path / name}"))
+        assert (tmp_path / name).read_bytes().startswith(starts)
+    with pytest.raises(CharLMError, match=r"^out=.*heads\.doc: \.doc is not a picture format matplotlib writes; "
+                       r"give one of .*\.pdf, .*\.png, .*\.svg"):
+        draw(compose_pictures(f"ckpt={trained_run}", "prompt=To be", f"out={tmp_path / 'heads.doc'}"))
+    assert not (tmp_path / "heads.doc").exists()
 
 
 def charlm(*args: str) -> subprocess.CompletedProcess:

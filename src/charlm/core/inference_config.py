@@ -55,7 +55,7 @@ class PicturesConfig:
     ckpt: str | None = knob(None, CHECKPOINT)
     prompt: str | None = knob(None, "the text to look at, as the shell passes it (prompt_file=PATH, prompt=-: as "
                               "sample.py); longer than block_size: its last block")
-    out: str = knob("attention.png", "the PNG to write")
+    out: str = knob("attention.png", "the picture to write, in the format its suffix names: .png, .pdf, .svg, ...")
     kind: str = knob("attention", "attention: a GPT's heads, layer by layer | influence: how much each character "
                      "sways the next prediction (any model; a CNN's receptive field)",
                      choices=("attention", "influence"))

@@ -143,20 +143,34 @@ def close_figure(figure) -> None:
     plt.close(figure)
 
 
-def png_bytes(figure, dpi: int) -> bytes:
+def image_format(out: Path) -> str:
+    """The picture format `out`'s suffix names (png without one), as matplotlib writes it."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = out.suffix.lower().removeprefix(".") or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise CharLMError(f"out={out}: .{suffix} is not a picture format matplotlib writes; give one of "
+                          f"{', '.join('.' + name for name in sorted(formats))}")
+    return suffix
+
+
+def image_bytes(figure, dpi: int, image: str = "png") -> bytes:
     import io
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    figure.savefig(buffer, format=image, dpi=dpi, bbox_inches="tight")
     close_figure(figure)
     return buffer.getvalue()
 
 
 def draw(cfg: DictConfig) -> None:
-    """`charlm attention ckpt=RUN prompt=TEXT out=FILE.png`: the picture of one prompt, as a PNG."""
+    """`charlm attention ckpt=RUN prompt=TEXT out=FILE.png`: the picture of one prompt, in the format
+    the file's suffix names (.png, .pdf, .svg, .jpg, ...)."""
     cfg = group_settings(PicturesConfig, cfg)
     out = Path(cfg.out)
     check_output(out)
+    image = image_format(out)
     check_device("device", cfg.device)
     loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs"))
     model, vocab = loaded.model.to(cfg.device).eval(), loaded.vocab
@@ -170,5 +184,5 @@ def draw(cfg: DictConfig) -> None:
               file=sys.stderr, flush=True)
     run = loaded.path.parent.parent if loaded.path.parent.name == "checkpoints" else loaded.path.parent
     figure = picture(model, vocab, ids, cfg.kind, f"{run.name}/{loaded.path.name} ({loaded.model_config['name']})")
-    atomic_write(out, lambda file: file.write(png_bytes(figure, cfg.dpi)))
+    atomic_write(out, lambda file: file.write(image_bytes(figure, cfg.dpi, image)))
     print(out)
