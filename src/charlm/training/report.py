@@ -6,6 +6,7 @@ After a sweep, the Hydra callback `SweepReport` (conf/config.yaml) writes the sa
 sweep folder as each job ends, so it exists even when a job fails.
 """
 
+import argparse
 import csv
 import io
 import json
@@ -173,11 +174,12 @@ class SweepReport(Callback):
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1 or argv[0].startswith("-"):
-        raise CharLMError("usage: charlm report FOLDER_OF_RUNS")
-    for path in write_report(argv[0]):
+    parser = argparse.ArgumentParser(prog="charlm report", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="a folder of runs: a sweep's, outputs/runs, or any other")
+    folder = parser.parse_args(argv).folder
+    for path in write_report(folder):
         print(path)
-    print((Path(argv[0]) / "report.md").read_text())
+    print((Path(folder) / "report.md").read_text())
 
 
 if __name__ == "__main__":
