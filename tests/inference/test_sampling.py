@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from charlm.core.generation import generate, pick_next
+from charlm.core.generation import generate, pick_next, visible
 from charlm.inference.torch_runner import TorchRunner
 from charlm.models import build_model
 
@@ -145,3 +145,14 @@ def test_top_k_and_top_p_cut_the_tail():
     top_p = {int(t) for _ in range(500) for t in pick_next(logits, top_p=0.75, rng=rng)}
     assert top_p == {0, 1}  # 0.5 + 0.3 reaches 0.75: the rest is dropped
     assert {int(pick_next(logits, top_p=0.1, rng=rng)[0]) for _ in range(100)} == {0}  # the top one always stays
+
+
+def test_samples_are_shown_with_control_characters_as_their_pictures():
+    """What the run summary and TensorBoard show of a sample: a byte-level model can write any byte, and
+    an escape or a carriage return printed as is would recolour the terminal or overwrite the line."""
+    every_byte = "".join(map(chr, range(256)))
+    shown = visible(every_byte)
+    assert [c for c in shown if ord(c) < 32 or ord(c) == 127] == ["\t", "\n"]
+    assert shown[0] == "␀" and shown[27] == "␛" and shown[13] == "␍" and shown[127] == "␡"
+    assert shown[32:127] == every_byte[32:127] and shown[128:] == every_byte[128:]
+    assert visible("RÖMEO 🌹:\n\té") == "RÖMEO 🌹:\n\té"

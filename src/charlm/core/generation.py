@@ -78,3 +78,13 @@ def sample_text(runner, vocab, prompt: str, num_tokens: int, **options) -> str:
     """One sample: prompt text in, generated text (without the prompt) out."""
     prompt_ids = np.array([vocab.encode(prompt)], dtype=np.int64)
     return vocab.decode([int(t[0]) for t in generate(runner, prompt_ids, num_tokens, **options)])
+
+
+# Control characters but newline and tab -> their Unicode pictures: U+0000 -> U+2400 (␀), DEL -> U+2421 (␡).
+CONTROL_PICTURES = {code: 0x2400 + code for code in range(32) if chr(code) not in "\n\t"} | {0x7F: 0x2421}
+
+
+def visible(text: str) -> str:
+    """Text for a terminal, a log or TensorBoard: a model of bytes may write any control character, and
+    printed as is one can move the cursor or recolour the terminal; each is shown as its picture."""
+    return text.translate(CONTROL_PICTURES)

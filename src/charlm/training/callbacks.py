@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from charlm.core.errors import CharLMError, log
-from charlm.core.generation import sample_text
+from charlm.core.generation import sample_text, visible
 from charlm.inference.pictures import attention_grid, attention_maps, influence, influence_strip
 from charlm.inference.torch_runner import TorchRunner
 from charlm.training.internals import align_logging_step
@@ -112,7 +112,7 @@ class TextSampleCallback(L.Callback):
         with TorchRunner(pl_module.model) as runner:
             self.last_sample = sample_text(runner, pl_module.vocab, self.prompt, self.num_tokens,
                                            temperature=self.temperature, rng=np.random.default_rng(self.seed))
-        log_text(trainer.loggers, self.prompt + self.last_sample, trainer.global_step)
+        log_text(trainer.loggers, visible(self.prompt + self.last_sample), trainer.global_step)
 
 
 class InsidePictures(L.Callback):

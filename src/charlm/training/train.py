@@ -19,7 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from charlm.core.atomic import atomic_write, ensure_writable
 from charlm.core.errors import Interrupted
-from charlm.core.generation import sample_text
+from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
 from charlm.core.run_folder import best_checkpoint, hold_run_folder, requeue_checkpoint, run_folder_of
@@ -257,7 +257,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         + (f"; {summary['wall_time_s']:.1f} s in all, with the calls it resumed" if module.earlier_seconds else ""),
         "final " + ", ".join(losses),
         f"best checkpoint: {best_path or '-'}",
-        "sample:", sample,
+        "sample:", visible(sample),
         "", *next_commands(run_dir), *tracker_commands(cfg),
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
