@@ -88,12 +88,19 @@ def test_a_run_ending_between_validations_still_validates_and_checkpoints(train_
     assert f"best-step{recorded['step']}-" in best_file.name
 
 
-def test_a_run_stopped_by_max_time_ends_validated(train_here):
-    best, run_dir = train_here(*TINY, "max_time=00:00:00:02", "max_steps=1000000", "eval_interval=100000")
+def test_a_run_stopped_by_max_time_ends_validated(train_here, capsys):
+    limited = [*TINY, "max_time=00:00:00:02", "max_steps=1000000", "eval_interval=100000"]
+    best, run_dir = train_here(*limited)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped early" and 0 < summary["steps"] < 1_000_000 and summary["wall_time_s"] < 60
     assert lightning_step_of_last_checkpoint(run_dir) == summary["steps"] == validated_steps(run_dir)[-1]
     assert len(sample_in_process(run_dir)) == 1 + 20 + 1  # the prompt, 20 characters, a newline
+    # resumed with its budget spent: said so, and nothing changes (as for a run at its max_steps)
+    files = {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+    capsys.readouterr()
+    assert train_here(*limited, f"ckpt_path={run_dir}", run_dir=run_dir)[0] == pytest.approx(best)
+    assert "and max_time is 00:00:00:02: nothing to train, nothing changed" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()} == files
 
 
 def test_early_stopping_ends_a_run_that_stopped_improving(train_here):

@@ -95,6 +95,12 @@ def wall_clock(name: str, value) -> None:
         raise CharLMError(f"{name} must be longer than zero, got {value}: the run would train nothing (null: no limit)")
 
 
+def clock_seconds(value: str) -> int:
+    """A DD:HH:MM:SS budget in seconds."""
+    days, hours, minutes, seconds = map(int, value.split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 def knob(default=None, doc: str = "", *, factory=None, **rule):
     """A schema field: its default (or `factory` for a list), a one-line doc and its range rule: `low`,
     `high`, `low_open`, `high_open`, `choices`, or `check` (a function of name and value)."""

@@ -15,6 +15,11 @@ def best_score(checkpoint: dict) -> float | None:
     return (checkpoint.get(BEST_KEY) or {}).get("loss")
 
 
+def time_trained(checkpoint: dict) -> float | None:
+    """The training seconds Lightning's Timer (max_time's clock) had counted when this checkpoint was saved."""
+    return ((checkpoint.get("callbacks") or {}).get("Timer") or {}).get("time_elapsed", {}).get("train")
+
+
 def read_resume_checkpoint(file: Path) -> dict:
     """read_checkpoint, pointing at the run's intact best checkpoint when its last.ckpt is broken."""
     try:

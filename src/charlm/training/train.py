@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from charlm.core.atomic import atomic_write, ensure_writable
+from charlm.core.checks import clock_seconds
 from charlm.core.errors import Interrupted
 from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
@@ -37,7 +38,7 @@ from charlm.training.lightning_module import LanguageModel
 from charlm.training.memory import check_fits
 from charlm.training.muon import native_bfloat16, newton_schulz_dtype
 from charlm.training.report import write_report
-from charlm.training.resume import best_score, fine_tune_source, resume_checkpoint
+from charlm.training.resume import best_score, fine_tune_source, resume_checkpoint, time_trained
 from charlm.training.trackers import build_loggers, check_trackers, log_results, remember_runs, tracker_commands
 from charlm.training.trainer import build_trainer
 
@@ -57,10 +58,21 @@ class Plan:
     start_step: int = 0
     best_so_far: float | None = None  # resuming: the checkpoint's best val/loss
     init: LoadedModel | None = None  # fine-tuning: the checkpoint it starts from
+    time_trained: float | None = None  # resuming: the seconds max_time's clock had counted
 
     @property
-    def finished(self) -> bool:
-        return self.ckpt_file is not None and self.start_step >= self.knobs.max_steps
+    def finished(self) -> str | None:
+        """Why a resumed run has nothing left to train (its max_steps or its max_time spent), else None."""
+        knobs = self.knobs
+        if self.ckpt_file is None:
+            return None
+        if self.start_step >= knobs.max_steps:
+            return (f"is already at step {self.start_step}, and max_steps is {knobs.max_steps}: nothing to train, "
+                    "nothing changed. Give a larger max_steps to train on.")
+        if knobs.max_time and (self.time_trained or 0) >= clock_seconds(knobs.max_time):
+            return (f"has trained for {self.time_trained:.0f} s, and max_time is {knobs.max_time}: nothing to train, "
+                    "nothing changed. Give a larger max_time (or max_time=null) to train on.")
+        return None
 
     @property
     def resumes_in_place(self) -> bool:
@@ -96,7 +108,7 @@ def make_plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
     if optimizer["name"] == "muon":
         optimizer["muon_dtype"] = str(newton_schulz_dtype(optimizer["muon_dtype"], device)).removeprefix("torch.")
     return Plan(knobs, model_config, optimizer, run_dir, vocab, device, ckpt_file, int(resumed.get("global_step", 0)),
-                best_score(resumed), init), datamodule
+                best_score(resumed), init, time_trained(resumed)), datamodule
 
 
 def build(plan: Plan, cfg: DictConfig) -> tuple[LanguageModel, list]:
@@ -145,9 +157,8 @@ def train(cfg: DictConfig) -> float:
     """Train as configured, in four steps: plan, build, fit, report. Returns the best validation loss
     (what a sweeper minimises)."""
     plan, datamodule = make_plan(cfg)
-    if plan.finished:
-        say(f"{plan.ckpt_file} is already at step {plan.start_step}, and max_steps is {plan.knobs.max_steps}: "
-            "nothing to train, nothing changed. Give a larger max_steps to train on.", sys.stderr)
+    if reason := plan.finished:
+        say(f"{plan.ckpt_file} {reason}", sys.stderr)
         return plan.best_so_far if plan.best_so_far is not None else math.inf
     use_fast_kernels(plan.knobs.threads)
     L.seed_everything(plan.knobs.seed, workers=True, verbose=False)
