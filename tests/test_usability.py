@@ -154,6 +154,7 @@ def test_one_charlm_command_runs_every_entry_point(trained_run, tmp_path):
                           (["export", str(tmp_path / "none.ckpt")], "checkpoint not found")]:
         failed = forked.run(["-m", "charlm", *args], ROOT)
         assert failed.returncode == 2 and failed.stderr.startswith(f"error: {message}"), failed.stderr
-    for name in COMMANDS:  # as `charlm --help` invites: each command's own help, status 0
+    # as `charlm --help` invites: each command's own help, status 0 (the scripts': test above)
+    for name in sorted(COMMANDS.keys() - {"train", "sample", "evaluate"}):
         helped = forked.run(["-m", "charlm", name, "--help"], ROOT)
         assert helped.returncode == 0 and f"charlm {name}" in helped.stdout, (name, helped.stderr[-500:])
