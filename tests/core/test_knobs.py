@@ -103,13 +103,23 @@ def test_a_run_stopped_by_max_time_ends_validated(train_here, capsys):
     assert {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()} == files
 
 
-def test_early_stopping_ends_a_run_that_stopped_improving(train_here):
-    _, run_dir = train_here(*TINY, "lr=1e-12", "max_steps=200", "eval_interval=5",
-                            "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=0.001")
+def test_early_stopping_ends_a_run_that_stopped_improving(train_here, capsys):
+    settings = [*TINY, "lr=1e-12", "max_steps=200", "eval_interval=5", "callbacks.early_stopping.patience=2",
+                "callbacks.early_stopping.min_delta=0.001"]
+    _, run_dir = train_here(*settings)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped early" and summary["steps"] == 15  # checks at 5, 10, 15: no gain after 5
     assert lightning_step_of_last_checkpoint(run_dir) == 15 and validated_steps(run_dir) == [5, 10, 15]
     assert len(sample_in_process(run_dir)) == 1 + 20 + 1
+    # resumed as it was set up: ended, so nothing to train (as at max_steps); without early stopping it goes on
+    files = {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+    capsys.readouterr()
+    train_here(*settings, f"ckpt_path={run_dir}", run_dir=run_dir)
+    assert ("was stopped early at step 15 (val/loss had not improved for 2 validations): nothing to train, nothing "
+            "changed. Give ~callbacks.early_stopping to train on.") in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()} == files
+    train_here(*settings, "~callbacks.early_stopping", "max_steps=25", f"ckpt_path={run_dir}", run_dir=run_dir)
+    assert lightning_step_of_last_checkpoint(run_dir) == 25
 
 
 @pytest.mark.parametrize("override", ["data.block_size=48", "model.block_size=48", "block_size=48"])

@@ -20,6 +20,15 @@ def time_trained(checkpoint: dict) -> float | None:
     return ((checkpoint.get("callbacks") or {}).get("Timer") or {}).get("time_elapsed", {}).get("train")
 
 
+def early_stop_patience(checkpoint: dict) -> int | None:
+    """The patience early stopping had run out of when this checkpoint was saved (the run stopped there),
+    else None."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if key.startswith("EarlyStopping") and state.get("wait_count", 0) >= state.get("patience", float("inf")):
+            return state["patience"]
+    return None
+
+
 def read_resume_checkpoint(file: Path) -> dict:
     """read_checkpoint, pointing at the run's intact best checkpoint when its last.ckpt is broken."""
     try:

@@ -38,7 +38,7 @@ from charlm.training.lightning_module import LanguageModel
 from charlm.training.memory import check_fits
 from charlm.training.muon import native_bfloat16, newton_schulz_dtype
 from charlm.training.report import write_report
-from charlm.training.resume import best_score, fine_tune_source, resume_checkpoint, time_trained
+from charlm.training.resume import best_score, early_stop_patience, fine_tune_source, resume_checkpoint, time_trained
 from charlm.training.trackers import build_loggers, check_trackers, log_results, remember_runs, tracker_commands
 from charlm.training.trainer import build_trainer
 
@@ -59,10 +59,12 @@ class Plan:
     best_so_far: float | None = None  # resuming: the checkpoint's best val/loss
     init: LoadedModel | None = None  # fine-tuning: the checkpoint it starts from
     time_trained: float | None = None  # resuming: the seconds max_time's clock had counted
+    stopped_early: int | None = None  # resuming a run early stopping ended (still on): the patience it ran out of
 
     @property
     def finished(self) -> str | None:
-        """Why a resumed run has nothing left to train (its max_steps or its max_time spent), else None."""
+        """Why a resumed run has nothing left to train (its max_steps or max_time spent, or early stopping
+        ended it), else None."""
         knobs = self.knobs
         if self.ckpt_file is None:
             return None
@@ -72,6 +74,9 @@ class Plan:
         if knobs.max_time and (self.time_trained or 0) >= clock_seconds(knobs.max_time):
             return (f"has trained for {self.time_trained:.0f} s, and max_time is {knobs.max_time}: nothing to train, "
                     "nothing changed. Give a larger max_time (or max_time=null) to train on.")
+        if self.stopped_early is not None:
+            return (f"was stopped early at step {self.start_step} (val/loss had not improved for {self.stopped_early} "
+                    "validations): nothing to train, nothing changed. Give ~callbacks.early_stopping to train on.")
         return None
 
     @property
@@ -108,7 +113,8 @@ def make_plan(cfg: DictConfig) -> tuple[Plan, CharDataModule]:
     if optimizer["name"] == "muon":
         optimizer["muon_dtype"] = str(newton_schulz_dtype(optimizer["muon_dtype"], device)).removeprefix("torch.")
     return Plan(knobs, model_config, optimizer, run_dir, vocab, device, ckpt_file, int(resumed.get("global_step", 0)),
-                best_score(resumed), init, time_trained(resumed)), datamodule
+                best_score(resumed), init, time_trained(resumed),
+                early_stop_patience(resumed) if "early_stopping" in cfg.callbacks else None), datamodule
 
 
 def build(plan: Plan, cfg: DictConfig) -> tuple[LanguageModel, list]:
