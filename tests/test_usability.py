@@ -61,6 +61,25 @@ def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
         take_text_arguments((), ["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
 
 
+def test_a_sweep_over_checkpoints_takes_paths_apart_only_where_they_exist(tmp_path):
+    """`evaluate.py -m ckpt=A,B` sweeps over two runs; a job folder with a comma in its name stays one path."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    run_a, run_b, job = tmp_path / "a", tmp_path / "b", tmp_path / "0_model=cnn,n_embd=16"
+    for folder in (run_a, run_b, job):
+        folder.mkdir()
+    cases = [(["-m", f"ckpt={run_a},{run_b}"], [str(run_a), str(run_b)]),
+             (["-m", f"ckpt={job}"], [str(job)]),  # the whole path exists: one path
+             ([f"ckpt={run_a},{run_b}"], [f"{run_a},{run_b}"]),  # no sweep: one path (not found, later)
+             (["-m", f"ckpt={run_a},{tmp_path / 'none'}"], [f"{run_a},{tmp_path / 'none'}"])]
+    for args, values in cases:
+        argv = ["evaluate.py", *args]
+        take_text_arguments(("ckpt",), argv)
+        [override] = OverridesParser.create().parse_overrides([argv[-1]])
+        parsed = [v.text for v in override.sweep_iterator()] if override.is_sweep_override() else [override.value()]
+        assert parsed == values, argv
+
+
 def hparams_of(run_dir) -> tuple[dict, set]:
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()

@@ -40,11 +40,18 @@ def prompt_text(argument: str) -> str:
 
 
 def take_text_arguments(paths: tuple[str, ...], argv: list[str] | None = None) -> None:
-    """Rewrite prompts and the `paths` keys in sys.argv (or `argv`) in place, as described above."""
+    """Rewrite prompts and the `paths` keys in sys.argv (or `argv`) in place, as described above. In a
+    sweep (-m), a path that does not exist but whose comma-separated parts all do is a sweep over them
+    (`evaluate.py -m ckpt=RUN_A,RUN_B`)."""
     argv = sys.argv if argv is None else argv
+    sweep = "-m" in argv or "--multirun" in argv
     for i, argument in enumerate(argv[1:], start=1):
         key, _, value = argument.partition("=")
         if key in ("prompt", "prompt_file"):
             argv[i] = f"prompt={hydra_quoted(prompt_text(argument))}"
         elif key in paths and value and value != "null" and not value.startswith(("'", '"')):
-            argv[i] = f"{key}={hydra_quoted(value)}"
+            parts = value.split(",")
+            if sweep and not Path(value).expanduser().exists() and all(Path(p).expanduser().exists() for p in parts):
+                argv[i] = f"{key}={','.join(map(hydra_quoted, parts))}"
+            else:
+                argv[i] = f"{key}={hydra_quoted(value)}"
