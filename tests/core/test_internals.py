@@ -1,5 +1,5 @@
 """Training checkpoints read without torch (charlm.core.internals) hold exactly what torch.load reads;
-skipping Hydra's mode probe gives the probe's answer."""
+skipping Hydra's mode probe gives the probe's answer, and skipping its unused help lists the same help."""
 
 import zipfile
 
@@ -9,10 +9,12 @@ import torch
 from conftest import CONF
 from hydra import initialize_config_dir
 from hydra._internal.hydra import Hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
 from charlm.core.cli import prepare_hydra
-from charlm.core.internals import NotReadable, read_torch_file, skip_hydras_mode_probe
+from charlm.core.internals import NotReadable, read_torch_file, skip_hydras_mode_probe, skip_unused_help_lists
 
 
 def assert_same(ours, theirs, where="checkpoint"):
@@ -107,3 +109,24 @@ def test_skipping_hydras_mode_probe_gives_the_probes_answer(app, monkeypatch):
         assert hydra.get_mode(config_name="config", overrides=["hparams_search=lr_size"]) == probed[2]  # not skipped
         monkeypatch.setattr(Hydra, "compose_config", lambda *args, **kwargs: pytest.fail("composed to probe"))
         assert hydra.get_mode(config_name=app, overrides=[]) is None
+
+
+@pytest.mark.parametrize("app", ["config", "sample"])
+def test_help_without_hydras_unused_group_lists_reads_the_same(app, monkeypatch, capsys):
+    """`--help` without the config-group lists no template of ours shows: the same text, and no list made."""
+    prepare_hydra()
+    monkeypatch.setattr(Hydra, "get_help", getattr(Hydra.get_help, "hydras_get_help", Hydra.get_help))  # Hydra's
+    parser = get_args_parser()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            hydra = GlobalHydra.instance().hydra
+            hydra.app_help(config_name=app, args_parser=parser, args=parser.parse_args(["--help"]))
+            theirs = capsys.readouterr().out
+            assert skip_unused_help_lists()
+            monkeypatch.setattr(Hydra, "format_config_groups", lambda *args, **kwargs: pytest.fail("listed groups"))
+            hydra.app_help(config_name=app, args_parser=parser, args=parser.parse_args(["--help"]))
+            assert capsys.readouterr().out == theirs
+            assert {"config": "optimizer.muon_lr", "sample": "top_p"}[app] in theirs  # the knobs, listed
+    finally:
+        HydraConfig.instance().cfg = None
+

@@ -144,3 +144,30 @@ def skip_hydras_mode_probe(app_config: str) -> bool:
     get_mode.hydras_probe = hydras_probe
     Hydra.get_mode = get_mode
     return True
+
+
+def skip_unused_help_lists() -> bool:
+    """Hydra's `--help` lists every config group with its options for $APP_CONFIG_GROUPS and
+    $HYDRA_CONFIG_GROUPS whether the help template shows them or not: a hundred compositions of the
+    group repository, a second or more of `python train.py --help`. Ours never does (the `group_help`
+    resolver lists the groups), so where a template names neither, the lists are left empty. Hydra's
+    private `Hydra.get_help` and `format_config_groups`; where a release lacks them, nothing changes
+    (False). tests/core/test_internals.py checks the help text is the same."""
+    try:
+        from hydra._internal.hydra import Hydra
+    except ImportError:
+        return False
+    get_help = getattr(Hydra, "get_help", None)
+    if not callable(get_help) or not callable(getattr(Hydra, "format_config_groups", None)):
+        return False
+    hydras_get_help = getattr(get_help, "hydras_get_help", get_help)
+
+    def lazy_get_help(self, help_cfg, *args, **kwargs):
+        if "CONFIG_GROUPS" not in str(help_cfg.template):
+            self.format_config_groups = lambda *unused, **also_unused: ""  # this Hydra object only
+        return hydras_get_help(self, help_cfg, *args, **kwargs)
+
+    lazy_get_help.hydras_get_help = hydras_get_help
+    Hydra.get_help = lazy_get_help
+    return True
+
