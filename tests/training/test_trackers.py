@@ -21,8 +21,9 @@ from charlm.core.run_folder import TrainLog, write_train_log
 from charlm.training.trackers import check_trackers, mlflow_logger
 
 
-def test_csv_logger_writes_val_loss_at_every_validation(train_here):
+def test_csv_logger_writes_val_loss_at_every_validation(train_here, capsys):
     _, run_dir = train_here(*TINY, "logger=csv", "max_steps=30", "eval_interval=10")
+    assert "tensorboard --logdir" not in capsys.readouterr().out  # no TensorBoard logs to look at
     with (run_dir / "csv" / "metrics.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [int(row["step"]) for row in rows if row["val/loss"]] == [9, 19, 29]

@@ -275,14 +275,16 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         "final " + ", ".join(losses),
         f"best checkpoint: {best_path or '-'}",
         "sample:", visible(sample),
-        "", *next_commands(run_dir), *tracker_commands(cfg),
+        "", *next_commands(run_dir, cfg), *tracker_commands(cfg),
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
 
 
-def next_commands(run_dir: Path) -> list[str]:
-    """What to do with a finished run, ready to paste: sample, score, look (a sweep: all its runs)."""
+def next_commands(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """What to do with a finished run, ready to paste: sample, score, and look in TensorBoard where the run
+    logged there (a sweep: all its runs)."""
     logdir = shlex.quote(str(HydraConfig.get().sweep.dir if in_sweep() else run_dir))
     ckpt = shlex.quote(f"ckpt={run_dir}")
-    return ["next:", f"  python sample.py {ckpt}", f"  python evaluate.py {ckpt}", f"  tensorboard --logdir {logdir}"]
+    look = [f"  tensorboard --logdir {logdir}"] if "tensorboard" in (cfg.logger or {}) else []
+    return ["next:", f"  python sample.py {ckpt}", f"  python evaluate.py {ckpt}", *look]
 
