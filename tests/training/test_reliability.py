@@ -344,6 +344,8 @@ ENTRY_POINTS = {
     "train: resume on other text": (["train.py", *TINY, "data.path={text}", "ckpt_path={run}"],
                                     r"different vocabulary"),
     "sample: directory as checkpoint": (["sample.py", "ckpt={tmp}"], r"no checkpoint \(best\*.ckpt or last.ckpt\)"),
+    "evaluate: a sweep's folder": (["evaluate.py", "ckpt={runs}"],
+                                   r"holds runs, not a checkpoint: give one of them \(.*tiny\), or -m ckpt="),
     "sample: numpy backend, not a checkpoint": (["sample.py", "backend=numpy", "ckpt={file}"],
                                                 r"not a readable checkpoint"),
     "export: not a checkpoint": (["-m", "charlm", "export", "{file}"], r"not a readable checkpoint"),
@@ -358,7 +360,8 @@ def test_every_entry_point_rejects_bad_input_in_one_line(case, trained_run, tmp_
     args, message = ENTRY_POINTS[case]
     (tmp_path / "file.txt").write_text("just some text, not a checkpoint")
     (tmp_path / "other.txt").write_text("ZZZZ yyyy 0123456789 ~~~~ " * 400)
-    fill = {"file": tmp_path / "file.txt", "text": tmp_path / "other.txt", "run": trained_run, "tmp": tmp_path}
+    fill = {"file": tmp_path / "file.txt", "text": tmp_path / "other.txt", "run": trained_run, "tmp": tmp_path,
+            "runs": trained_run.parent}
     args = [a.format(**fill) for a in args]
     if args[0].endswith(".py"):
         args = [str(ROOT / args[0]), *args[1:]]

@@ -101,6 +101,10 @@ def find_checkpoint(path: str | Path) -> Path:
         return best
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
+    if runs := sorted(str(run) for run in folder.iterdir() if (run / "checkpoints").is_dir()):  # a sweep's folder
+        more = f", ... {len(runs)} in all" if len(runs) > 1 else ""
+        raise CharLMError(f"{folder} holds runs, not a checkpoint: give one of them ({runs[0]}{more}), or "
+                          "-m ckpt=RUN_A,RUN_B for several")
     raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}")
 
 
