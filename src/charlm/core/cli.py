@@ -22,9 +22,9 @@ from charlm.core.atomic import ensure_writable
 from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.internals import skip_unused_help_lists
 from charlm.core.model_config import MODEL_CONFIGS
-from charlm.core.run_config import group_help, knob_help, override_key, register_schemas
+from charlm.core.run_config import group_help, knob_help, register_schemas
 from charlm.core.run_folder import holds_run, make_folder, new_folder, remove_unused_folders
-from charlm.core.sweep import in_sweep, job_folder_name
+from charlm.core.sweep import in_sweep, job_folder_name, override_key
 
 
 def prepare_hydra() -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from charlm.core.errors import CharLMError
+from charlm.core.sweep import asks_for_sweep
 
 
 def hydra_quoted(text: str) -> str:
@@ -44,7 +45,7 @@ def take_text_arguments(paths: tuple[str, ...], argv: list[str] | None = None) -
     sweep (-m), a path that does not exist but whose comma-separated parts all do is a sweep over them
     (`evaluate.py -m ckpt=RUN_A,RUN_B`)."""
     argv = sys.argv if argv is None else argv
-    sweep = "-m" in argv or "--multirun" in argv
+    sweep = asks_for_sweep(argv)
     for i, argument in enumerate(argv[1:], start=1):
         key, _, value = argument.partition("=")
         if key in ("prompt", "prompt_file"):

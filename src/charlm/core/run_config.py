@@ -33,7 +33,7 @@ from charlm.core.run_folder import (
     resume_file,
     run_folder_of,
 )
-from charlm.core.sweep import as_dict, in_sweep, job_overrides
+from charlm.core.sweep import as_dict, asks_for_sweep, in_sweep, job_overrides, override_key
 from charlm.core.vocab import MODES
 
 MODEL = {spec.name: spec.default for spec in fields(GPTConfig)}  # the top-level sizes default to the GPT's
@@ -223,11 +223,6 @@ MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 NOT_RESUMED = ("ckpt_path", "hparams_search")
 
 
-def override_key(item: str) -> str:
-    """The key a Hydra override sets ("+a.b=1" -> "a.b", "~a" -> "a")."""
-    return item.split("=", 1)[0].lstrip("+~")
-
-
 def owner_of(key: str) -> str:
     """The knob a key sets: a copy's owner (trainer.max_steps -> max_steps), else the key itself."""
     return COPIES.get(key, (key,))[0]
@@ -243,7 +238,7 @@ def with_run_arguments(argv: list[str]) -> tuple[Path, list[str]] | None:
     (its .hydra/overrides.yaml), placed before the ones given now, which win knob by knob: `python train.py
     ckpt_path=last` continues the newest run as it was set up, `... max_steps=9000` extends it. In place;
     returns the file and the arguments taken from it, if any."""
-    if "-m" in argv or "--multirun" in argv:
+    if asks_for_sweep(argv):
         return None
     given = {owner_of(key): value for key, value in as_dict(argv[1:]).items()}
     if given.get("ckpt_path") in (None, "", "null"):

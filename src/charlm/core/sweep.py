@@ -23,9 +23,19 @@ def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def override_key(item: str) -> str:
+    """The key a Hydra override sets ("+a.b=1" -> "a.b", "~a" -> "a")."""
+    return str(item).partition("=")[0].lstrip("+~")
+
+
 def as_dict(overrides) -> dict[str, str]:
     """["model=cnn", "+x=1"] -> {"model": "cnn", "x": "1"}"""
-    return {k.lstrip("+~"): v for k, _, v in (str(item).partition("=") for item in overrides or [])}
+    return {override_key(item): str(item).partition("=")[2] for item in overrides or []}
+
+
+def asks_for_sweep(argv: list[str]) -> bool:
+    """Whether a command line starts a sweep (Hydra's -m / --multirun)."""
+    return "-m" in argv or "--multirun" in argv
 
 
 def swept_keys(sweep_dir: Path, sweeper_params=None) -> list[str]:
