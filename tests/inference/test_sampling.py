@@ -156,3 +156,4 @@ def test_samples_are_shown_with_control_characters_as_their_pictures():
     assert shown[0] == "␀" and shown[27] == "␛" and shown[13] == "␍" and shown[127] == "␡"
     assert shown[32:127] == every_byte[32:127] and shown[128:] == every_byte[128:]
     assert visible("RÖMEO 🌹:\n\té") == "RÖMEO 🌹:\n\té"
+    assert visible("ROMEO:\r\nBut soft\r") == "ROMEO:\r\nBut soft␍"  # a Windows line end stays a line end

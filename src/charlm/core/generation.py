@@ -86,5 +86,6 @@ CONTROL_PICTURES = {code: 0x2400 + code for code in range(32) if chr(code) not i
 
 def visible(text: str) -> str:
     """Text for a terminal, a log or TensorBoard: a model of bytes may write any control character, and
-    printed as is one can move the cursor or recolour the terminal; each is shown as its picture."""
-    return text.translate(CONTROL_PICTURES)
+    printed as is one can move the cursor or recolour the terminal; each is shown as its picture, but a
+    Windows line end (carriage return, newline), which a model of such a text writes at every line."""
+    return "\r\n".join(part.translate(CONTROL_PICTURES) for part in text.split("\r\n"))
