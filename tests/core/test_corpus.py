@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from charlm.core.corpus import TokenCache, encode, file_times, load_corpus, resolve_path
+from charlm.core.corpus import TokenCache, encode, file_times, ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.vocab import Vocabulary
 
@@ -55,6 +55,20 @@ def test_text_that_is_not_utf8_names_the_bytes_vocabulary(tmp_path):
     latin.write_bytes("café crème\n".encode("latin-1") * 100)
     with pytest.raises(CharLMError, match=r"not UTF-8 text: .* \(invalid byte at offset 3\); data.vocab=bytes"):
         load_corpus(str(latin), "chars", tmp_path / "cache")
+
+
+def test_characters_a_model_lacks_are_named_and_counted_in_one_line():
+    model = Vocabulary("ab")
+    with pytest.raises(CharLMError, match=r"vocabulary: 'c', 'd'$"):
+        model.encode("abcd")
+    other_script = "".join(map(chr, range(0x4E00, 0x4E00 + 30)))  # a long prompt or text in another script
+    first_twenty = ", ".join(map(repr, other_script[:20]))
+    with pytest.raises(CharLMError) as error:
+        model.encode(other_script)
+    assert str(error.value) == f"characters not in the model's vocabulary: {first_twenty} and 10 more"
+    with pytest.raises(CharLMError) as error:
+        ids_in(np.arange(32), Vocabulary("ab" + other_script), model, "text.txt")
+    assert str(error.value) == f"text.txt has characters the model's vocabulary lacks: {first_twenty} and 10 more"
 
 
 def test_a_cached_corpus_is_reused_and_a_changed_one_encoded_again(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import numpy as np
 
 from charlm.core.atomic import atomic_write
 from charlm.core.errors import CharLMError
-from charlm.core.vocab import MODES, Vocabulary
+from charlm.core.vocab import MODES, Vocabulary, listed
 
 TINY_SHAKESPEARE = "tinyshakespeare"
 FORMAT = "charlm-tokens"
@@ -149,7 +149,7 @@ def ids_in(tokens: np.ndarray, own: Vocabulary, model: Vocabulary, what: str, hi
         return tokens
     if missing := [ch for ch in own.chars if ch not in model.index]:
         raise CharLMError(f"{what} has characters the model's vocabulary lacks: "
-                          + ", ".join(repr(ch) for ch in missing[:20]) + hint)
+                          + listed(missing) + hint)
     remap = np.array([model.index[ch] for ch in own.chars], dtype=np.int64)
     return remap[tokens].astype(id_dtype(len(model)))
 

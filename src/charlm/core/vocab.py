@@ -14,6 +14,12 @@ from charlm.core.errors import CharLMError
 MODES = ("chars", "bytes")
 
 
+def listed(chars: Sequence[str], most: int = 20) -> str:
+    """Characters for an error line: each as its repr, the first `most` of them and how many more."""
+    shown = ", ".join(map(repr, chars[:most]))
+    return shown + (f" and {len(chars) - most} more" if len(chars) > most else "")
+
+
 class Vocabulary:
     def __init__(self, chars: str, mode: str = "chars"):
         if mode not in MODES:
@@ -48,8 +54,7 @@ class Vocabulary:
             return list(text.encode("utf-8"))
         missing = self.unknown(text)
         if missing:
-            shown = ", ".join(repr(ch) for ch in missing)
-            raise CharLMError(f"characters not in the model's vocabulary: {shown}")
+            raise CharLMError(f"characters not in the model's vocabulary: {listed(missing)}")
         return [self.index[ch] for ch in text]
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from charlm.core.errors import CharLMError, log
 from charlm.core.generation import sample_text, visible
+from charlm.core.vocab import listed
 from charlm.inference.pictures import attention_grid, attention_maps, influence, influence_strip
 from charlm.inference.torch_runner import TorchRunner
 from charlm.training.internals import align_logging_step
@@ -94,8 +95,8 @@ class TextSampleCallback(L.Callback):
         """The prompt to sample from, checked against the vocabulary."""
         if self.prompt is not None:
             if missing := vocab.unknown(self.prompt):
-                raise CharLMError("callbacks.text_sample.prompt has characters the vocabulary lacks: "
-                                  + ", ".join(map(repr, missing)))
+                raise CharLMError(f"callbacks.text_sample.prompt has characters the vocabulary lacks: "
+                                  f"{listed(missing)}")
             return self.prompt
         return "\n" if "\n" in vocab.index else (text_start[:1] or vocab.chars[0])
 
