@@ -267,7 +267,7 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path, monkeypatch
     # the commands the run prints work when pasted: the job folder's '=' and ',' stay part of the path
     [pasted] = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("  python sample.py")][:1]
     argv = ["sample.py", pasted]
-    take_text_arguments(("ckpt", "data.path"), argv)
+    take_text_arguments(argv)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         assert compose(config_name="sample", overrides=argv[1:]).ckpt == str(tmp_path / jobs[0])
     rows = report_rows(tmp_path)

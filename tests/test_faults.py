@@ -342,7 +342,7 @@ def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its
     log = (run_dir / "train.log").read_text()
     assert log.startswith(before["train.log"].decode()) and f"resuming {run_dir / 'checkpoints' / 'last.ckpt'}" in log
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == [
-        *started_with, "max_steps=45", f"ckpt_path='{run_dir}'", f"paths.root={out}"]  # the resume's own config
+        *started_with, "max_steps=45", f"ckpt_path={run_dir}", f"paths.root={out}"]  # the resume's own config
 
 
 @pytest.mark.parametrize(("rank", "hpc"), [("0", False), ("0", True), ("1", False)])

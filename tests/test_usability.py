@@ -14,6 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from charlm.core.errors import CharLMError
 from charlm.core.prompts import hydra_quoted, take_text_arguments
+from charlm.core.sweep import as_dict
 
 TRICKY = ["To be, or not", "RÖMEO 🌹: é", "朱丽叶, (hark)! = 'x'", "a\\b ${x} \\'", "[1,2] {a: b} ~x %s"]
 
@@ -42,7 +43,7 @@ def test_quoting_for_hydra_gives_back_the_exact_text(compose_config, text):
 def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
     for text in TRICKY:  # each as sample.py reads its arguments, in this process
         argv = ["sample.py", f"prompt={text}"]
-        take_text_arguments((), argv)  # prompt=TEXT becomes prompt=QUOTED, which Hydra reads back as TEXT
+        take_text_arguments(argv)  # prompt=TEXT becomes prompt=QUOTED, which Hydra reads back as TEXT
         assert sample_in_process(polyglot_run, 5, argv[1].removeprefix("prompt=")).startswith(text)
     text = TRICKY[2]  # and through a process: commas, brackets, '=', quotes and CJK
     result = run_script("sample.py", f"ckpt={polyglot_run}", f"prompt={text}", "num_tokens=5", "seed=0")
@@ -58,26 +59,40 @@ def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
     with pytest.raises(CharLMError, match="not in the model's vocabulary: 'Z'"):
         sample_in_process(polyglot_run, prompt="Zebra")
     with pytest.raises(CharLMError, match="prompt_file not found"):
-        take_text_arguments((), ["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
+        take_text_arguments(["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
 
 
-def test_a_sweep_over_checkpoints_takes_paths_apart_only_where_they_exist(tmp_path):
-    """`evaluate.py -m ckpt=A,B` sweeps over two runs; a job folder with a comma in its name stays one path."""
+def test_paths_as_the_shell_passes_them(tmp_path, monkeypatch):
+    """`evaluate.py -m ckpt=A,B` sweeps over two runs; a job folder with a comma in its name stays one path;
+    a name Hydra's grammar cannot read (`~`, brackets, letters beyond ASCII) is one path, `~` expanded."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    monkeypatch.setenv("HOME", str(tmp_path))
     run_a, run_b, job = tmp_path / "a", tmp_path / "b", tmp_path / "0_model=cnn,n_embd=16"
     for folder in (run_a, run_b, job):
         folder.mkdir()
     cases = [(["-m", f"ckpt={run_a},{run_b}"], [str(run_a), str(run_b)]),
+             (["-m", "ckpt=~/a,~/b"], [str(run_a), str(run_b)]),
              (["-m", f"ckpt={job}"], [str(job)]),  # the whole path exists: one path
-             ([f"ckpt={run_a},{run_b}"], [f"{run_a},{run_b}"]),  # no sweep: one path (not found, later)
-             (["-m", f"ckpt={run_a},{tmp_path / 'none'}"], [f"{run_a},{tmp_path / 'none'}"])]
+             ([f"ckpt={run_a},{run_b}"], [str(run_a), str(run_b)]),  # no -m: as is (Hydra asks what was meant)
+             (["-m", f"ckpt={run_a},{tmp_path / 'none'}"], [str(run_a), str(tmp_path / "none")]),  # as Hydra reads it
+             (["data.path=~/my text (1).txt"], [str(tmp_path / "my text (1).txt")]),  # missing: one path, said later
+             (["data.path=~/Ωmega.txt"], [str(tmp_path / "Ωmega.txt")]),
+             (["paths.root=~/runs"], [str(tmp_path / "runs")]),
+             (["-m", "data.path=choice(a.txt,b.txt)"], ["a.txt", "b.txt"]),  # Hydra's grammar, untouched
+             (["data.path=tinyshakespeare"], ["tinyshakespeare"])]
     for args, values in cases:
-        argv = ["evaluate.py", *args]
-        take_text_arguments(("ckpt",), argv)
+        argv = ["train.py", *args]
+        take_text_arguments(argv)
         [override] = OverridesParser.create().parse_overrides([argv[-1]])
-        parsed = [v.text for v in override.sweep_iterator()] if override.is_sweep_override() else [override.value()]
+        sweep = override.is_sweep_override()
+        parsed = [getattr(v, "text", v) for v in override.sweep_iterator()] if sweep else [override.value()]
         assert parsed == values, argv
+    # what a sweep's labels and job folders, the report and HParams show of a path quoted here: the path
+    argv = ["train.py", "data.path=~/my text (1).txt", "-m", "ckpt=~/a,~/b"]
+    take_text_arguments(argv)
+    assert as_dict(argv[1:]) == {"data.path": str(tmp_path / "my text (1).txt"), "-m": "",
+                                 "ckpt": f"'{run_a}','{run_b}'"}  # a sweep's values stay as the sweep says
 
 
 def hparams_of(run_dir) -> tuple[dict, set]:

@@ -52,28 +52,28 @@ def run_attention(cfg: DictConfig) -> None:
 def train_main() -> None:
     prepare_hydra()
     taken = with_run_arguments(sys.argv)  # a resume: the arguments its run was started with, then the ones given
-    run_cli(take_text_arguments, ("ckpt_path", "init_from"))  # paths as the shell passed them, before Hydra
+    run_cli(take_text_arguments)  # paths as the shell passed them, before Hydra
     hydra_main(run_train, taken)
 
 
 def sample_main() -> None:
     prepare_hydra()
     skip_hydras_mode_probe("sample")  # its config never sets hydra.mode: one composition instead of two
-    run_cli(take_text_arguments, ("ckpt", "data.path"))  # prompts and paths as the shell passed them
+    run_cli(take_text_arguments)  # prompts and paths as the shell passed them
     hydra_main(run_sample)
 
 
 def evaluate_main() -> None:
     prepare_hydra()
     skip_hydras_mode_probe("evaluate")  # its config never sets hydra.mode: one composition instead of two
-    run_cli(take_text_arguments, ("ckpt", "data.path"))
+    run_cli(take_text_arguments)
     hydra_main(run_evaluate)
 
 
 def attention_main() -> None:
     prepare_hydra()
     skip_hydras_mode_probe("attention")  # its config never sets hydra.mode: one composition instead of two
-    run_cli(take_text_arguments, ("ckpt", "out"))
+    run_cli(take_text_arguments)
     hydra_main(run_attention)
 
 

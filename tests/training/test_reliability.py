@@ -112,7 +112,7 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
     assert saved_step(crashed / "checkpoints" / "last.ckpt") == 150  # in the same run folder
 
 
-def test_a_resume_takes_the_arguments_its_run_was_started_with(tmp_path):
+def test_a_resume_takes_the_arguments_its_run_was_started_with(tmp_path, monkeypatch):
     """Before the ones given now, which win knob by knob (a copy such as trainer.max_steps counts as its
     owner); never the old ckpt_path, nor a search; nothing for a sweep or a folder that is not a run."""
     run = tmp_path / "runs" / "r"
@@ -128,6 +128,11 @@ def test_a_resume_takes_the_arguments_its_run_was_started_with(tmp_path):
         with_run_arguments(argv)
         assert argv == ["train.py", *carried, f"ckpt_path={where}", f"paths.root={tmp_path}", "max_steps=200",
                         "+lr=2e-3"]
+    monkeypatch.setenv("HOME", str(tmp_path))  # paths.root as typed: `~` as the shell would expand it
+    argv = ["train.py", "ckpt_path=last", "paths.root=~"]
+    with_run_arguments(argv)
+    assert argv == ["train.py", "experiment=gpt_0.2m", "trainer.max_steps=100", "~callbacks.early_stopping",
+                    "init_from='/a b'", "lr=1e-3", "ckpt_path=last", "paths.root=~"]
     for argv in (["train.py", "-m", f"ckpt_path={run}"], ["train.py", f"ckpt_path={tmp_path}"], ["train.py", "lr=1"]):
         unchanged = list(argv)
         with_run_arguments(argv)

@@ -3,14 +3,20 @@
 Hydra's override grammar rejects most text as a bare value (spaces, commas, '=', quotes, brackets,
 letters beyond ASCII), so before Hydra parses a command line, `prompt=TEXT` (any text the shell
 passed), `prompt_file=PATH` (a UTF-8 file) and `prompt=-` (standard input) become one quoted override
-holding exactly that text, and so do the paths to checkpoints and texts each command names: a sweep's
-job folder such as `0_model=cnn,n_embd=16` pastes as it is. Everything else keeps Hydra's grammar
-(train.py's `data.path=a.txt,b.txt` stays a sweep over two files).
+holding exactly that text. So does a path (PATH_KEYS) that Hydra would not read as that path: one that
+exists with characters Hydra splits at (a sweep's job folder `0_model=cnn,n_embd=16` pastes as it is),
+or one Hydra cannot read at all (`~/my text (1).txt`, with `~` expanded as the shell would). Any other
+keeps Hydra's grammar: `-m data.path=a.txt,b.txt` sweeps over two files (without -m, Hydra asks which
+was meant).
 """
 
+import os
 import re
 import sys
 from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 
 from charlm.core.errors import CharLMError
 from charlm.core.sweep import asks_for_sweep
@@ -40,9 +46,22 @@ def prompt_text(argument: str) -> str:
         raise CharLMError(f"cannot read prompt_file {path}: {err.strerror}") from None
 
 
-def take_text_arguments(paths: tuple[str, ...], argv: list[str] | None = None) -> None:
-    """Rewrite prompts and the `paths` keys in sys.argv (or `argv`) in place, as described above. In a
-    sweep (-m), a path that does not exist but whose comma-separated parts all do is a sweep over them
+# Every command's options that name a file or folder (a command without one refuses it, quoted or not).
+PATH_KEYS = ("ckpt", "ckpt_path", "init_from", "data.path", "data.cache_dir", "paths.root", "out")
+
+
+def hydra_reading(argument: str):
+    """How Hydra's override grammar reads `argument` (key=value) as it is: its Override, or None where
+    it cannot."""
+    try:
+        return OverridesParser.create().parse_overrides([argument])[0]
+    except OverrideParseException:
+        return None
+
+
+def take_text_arguments(argv: list[str] | None = None) -> None:
+    """Rewrite prompts and paths in sys.argv (or `argv`) in place, as described above. In a sweep (-m), a
+    path that does not exist but whose comma-separated parts all do is a sweep over them
     (`evaluate.py -m ckpt=RUN_A,RUN_B`)."""
     argv = sys.argv if argv is None else argv
     sweep = asks_for_sweep(argv)
@@ -50,9 +69,11 @@ def take_text_arguments(paths: tuple[str, ...], argv: list[str] | None = None) -
         key, _, value = argument.partition("=")
         if key in ("prompt", "prompt_file"):
             argv[i] = f"prompt={hydra_quoted(prompt_text(argument))}"
-        elif key in paths and value and value != "null" and not value.startswith(("'", '"')):
-            parts = value.split(",")
-            if sweep and not Path(value).expanduser().exists() and all(Path(p).expanduser().exists() for p in parts):
+        elif key in PATH_KEYS and value and value != "null" and not value.startswith(("'", '"')):
+            reading, whole = hydra_reading(argument), Path(value).expanduser()
+            as_is = reading is not None and not reading.is_sweep_override() and reading.value() == value
+            parts = [os.path.expanduser(part) for part in value.split(",")]
+            if reading is None and sweep and not whole.exists() and all(Path(part).exists() for part in parts):
                 argv[i] = f"{key}={','.join(map(hydra_quoted, parts))}"
-            else:
-                argv[i] = f"{key}={hydra_quoted(value)}"
+            elif reading is None or whole.exists() and not as_is:
+                argv[i] = f"{key}={hydra_quoted(str(whole))}"

@@ -245,7 +245,7 @@ def with_run_arguments(argv: list[str]) -> tuple[Path, list[str]] | None:
         return None
     root = given.get("paths.root") or OmegaConf.load(resources.files("charlm") / "conf" / "paths" / "default.yaml").root
     try:
-        run = run_folder_of(resume_file(given["ckpt_path"], Path(root) / "runs"))
+        run = run_folder_of(resume_file(given["ckpt_path"], Path(root).expanduser() / "runs"))
         started_with = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
     except (CharLMError, OSError, TypeError, ValueError):  # no such run, or not laid out as ours: the run says why
         return None

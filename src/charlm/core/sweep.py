@@ -28,9 +28,22 @@ def override_key(item: str) -> str:
     return str(item).partition("=")[0].lstrip("+~")
 
 
+def unquoted(value: str) -> str:
+    """A value as typed, without the quotes Hydra reads away: "'/my runs/a'" -> "/my runs/a" (paths with
+    characters Hydra would not read are quoted before it parses them: charlm.core.prompts)."""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        try:
+            read = OverridesParser.create().parse_overrides([f"value={value}"])[0].value()
+        except Exception:  # Hydra cannot read it: as it is
+            read = None
+        if isinstance(read, str):  # not a sweep over quoted values ('a','b')
+            return read
+    return value
+
+
 def as_dict(overrides) -> dict[str, str]:
-    """["model=cnn", "+x=1"] -> {"model": "cnn", "x": "1"}"""
-    return {override_key(item): str(item).partition("=")[2] for item in overrides or []}
+    """["model=cnn", "+x=1", "data.path='a b.txt'"] -> {"model": "cnn", "x": "1", "data.path": "a b.txt"}"""
+    return {override_key(item): unquoted(str(item).partition("=")[2]) for item in overrides or []}
 
 
 def asks_for_sweep(argv: list[str]) -> bool:
