@@ -223,6 +223,9 @@ CONFIG_ERRORS = {  # caught while Hydra composes the config, before torch loads
     "optimizer.muon_typo=1": "optimizer.muon_typo is not a setting (--help lists them; +optimizer.muon_typo=VALUE "
                              "adds a new key)",
     "model=transformer": "In 'config': Could not find 'model/transformer'; choose one of: cnn, gpt",
+    "logger=null": "logger=null: a config group takes one of its options (csv, mlflow, tensorboard, wandb), or "
+                   "~logger for none",  # Hydra's answer was a traceback
+    "~data": "~data: a run needs one data option; choose one of: shakespeare",
 }
 
 
@@ -232,6 +235,7 @@ CONFIG_ERRORS_ELSEWHERE = {
     "evaluate.py data.train_fraction=abc": "Error merging override data.train_fraction=abc: Value 'abc' of type 'str' "
                                            "could not be converted to Float",
     "evaluate.py stides=3": "stides is not a setting (--help lists them; +stides=VALUE adds a new key)",
+    "sample.py model=null": "model=null: a config group takes one of its options (cnn, gpt), or ~model for none",
 }
 
 

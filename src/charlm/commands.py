@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from charlm.core.cli import hydra_main, prepare_hydra, run_cli
 from charlm.core.internals import skip_hydras_mode_probe
 from charlm.core.prompts import take_text_arguments
-from charlm.core.run_config import check_before_loading, with_run_arguments
+from charlm.core.run_config import NEEDED_GROUPS, check_before_loading, with_run_arguments
 
 CONFIG = "pkg://charlm.conf"
 
@@ -53,7 +53,7 @@ def train_main() -> None:
     prepare_hydra()
     taken = with_run_arguments(sys.argv)  # a resume: the arguments its run was started with, then the ones given
     run_cli(take_text_arguments)  # paths as the shell passed them, before Hydra
-    hydra_main(run_train, taken)
+    hydra_main(run_train, taken, NEEDED_GROUPS)
 
 
 def sample_main() -> None:

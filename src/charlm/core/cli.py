@@ -22,7 +22,7 @@ from charlm.core.atomic import ensure_writable
 from charlm.core.errors import CharLMError, Interrupted, log
 from charlm.core.internals import skip_unused_help_lists
 from charlm.core.model_config import MODEL_CONFIGS
-from charlm.core.run_config import group_help, knob_help, register_schemas
+from charlm.core.run_config import config_groups, group_help, knob_help, register_schemas
 from charlm.core.run_folder import holds_run, make_folder, new_folder, remove_unused_folders
 from charlm.core.sweep import in_sweep, job_folder_name, override_key
 
@@ -134,12 +134,28 @@ def config_error(err: BaseException) -> str:
     return ": ".join([one_line(err), *detail])
 
 
-def hydra_main(main: Callable, taken: tuple[Path, list[str]] | None = None) -> None:
+def check_groups(argv: list[str], needed: tuple[str, ...] = ()) -> None:
+    """Refuse a config group set to null (Hydra answers with a traceback) and, of the `needed` groups (a
+    run has one of each), one left out with ~GROUP (the run would fail later, less clearly)."""
+    groups = config_groups()
+    for item in argv[1:]:
+        key, _, value = item.partition("=")
+        group = key.lstrip("+~")
+        options = ", ".join(groups.get(group, []))
+        if group in needed and (value == "null" or key.startswith("~")):
+            refuse(f"{item}: a run needs one {group} option; choose one of: {options}")
+        if group in groups and value == "null":
+            refuse(f"{item}: a config group takes one of its options ({options}), or ~{group} for none")
+
+
+def hydra_main(main: Callable, taken: tuple[Path, list[str]] | None = None, needed: tuple[str, ...] = ()) -> None:
     """Run a Hydra main with its errors in composing the config as one line and exit status 2 (Hydra
     prints them over several lines with status 1). A job's own errors were printed by run_cli.
-    `taken`: the file and arguments a resume took from its run (an error in one of them says where it is)."""
+    `taken`: the file and arguments a resume took from its run (an error in one of them says where it is);
+    `needed`: the config groups a run cannot leave out."""
     traceback_wanted = bool(os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("CHARLM_DEBUG"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
+    check_groups(sys.argv, needed)
     try:
         main()
     except (HydraException, OmegaConfBaseException) as err:

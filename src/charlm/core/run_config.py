@@ -173,12 +173,17 @@ def knob_help(command: str = "train") -> str:
     return "\n".join(lines).replace("$", "$$") + "\n"  # $$: Hydra's help template is a string.Template
 
 
-def group_help() -> str:
-    """Each config group with its options (the YAML presets; the schemas they build on are not options)."""
+def config_groups() -> dict[str, list[str]]:
+    """Each config group (a folder of conf/) with its options (the YAML presets; the schemas they build on
+    are not options)."""
     conf = resources.files("charlm") / "conf"
-    groups = sorted((folder.name, sorted(f.name.removesuffix(".yaml") for f in folder.iterdir()
-                                         if f.name.endswith(".yaml"))) for folder in conf.iterdir() if folder.is_dir())
-    return "\n".join(f"{name}: {', '.join(options)}" for name, options in groups if options) + "\n"
+    return {folder.name: sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
+            for folder in sorted(conf.iterdir(), key=lambda folder: folder.name) if folder.is_dir()}
+
+
+def group_help() -> str:
+    """Each config group with its options, for `--help`."""
+    return "\n".join(f"{name}: {', '.join(options)}" for name, options in config_groups().items() if options) + "\n"
 
 
 def register_schemas() -> None:
@@ -214,6 +219,8 @@ COPIES = {
 RUN_FOLDER_COPIES = ("paths.run_dir", "trainer.default_root_dir", "callbacks.checkpoint.dirpath",
                      "callbacks.last_checkpoint.dirpath",
                      *(f"logger.{tracker}.save_dir" for tracker in ("tensorboard", "csv", "mlflow", "wandb")))
+# The config groups a training run has one option of each of (conf/config.yaml's defaults list).
+NEEDED_GROUPS = ("model", "data", "optimizer", "trainer", "paths")
 # Knobs that shape the model: a fine-tuned run takes its checkpoint's, so setting one is refused.
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 
