@@ -18,6 +18,7 @@ from conftest import CONF, ROOT, TINY, compose_run, folder_bytes, run_script, sa
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.core.cli import user_error
@@ -406,6 +407,10 @@ def test_user_errors_inside_hydra_wrappers_and_file_errors_are_one_line():
                                      "CharLMError(...)") from inner
     except InstantiationException as wrapped:
         assert user_error(wrapped) is inner
+    try:  # `+trainer.foo=1`: arguments that do not build the object are the config's error, not a bug
+        instantiate({"_target_": "lightning.pytorch.Trainer", "foo": 1})
+    except InstantiationException as unbuilt:
+        assert user_error(unbuilt) is unbuilt and "unexpected keyword argument 'foo'" in str(unbuilt)
     denied = PermissionError(13, "Permission denied", "/x/report.md")
     assert str(user_error(denied)) == "Permission denied: /x/report.md"
     assert user_error(ZeroDivisionError("a bug")) is None  # a bug keeps its traceback

@@ -60,14 +60,16 @@ def is_lightning_config_error(err: BaseException) -> bool:
 
 def user_error(err: BaseException) -> BaseException | None:
     """The error a user should see, or None for a bug. Hydra wraps errors raised while it builds an
-    object ("Error in call to target ..."): the user's error is the one inside."""
+    object ("Error in call to target ..."): the user's error is the one inside where it is one, else
+    Hydra's, which names the object the config could not build (`+trainer.foo=1`)."""
+    built = err if isinstance(err, InstantiationException) else None
     while isinstance(err, InstantiationException) and isinstance(err.__cause__, Exception):
         err = err.__cause__
-    if isinstance(err, (CharLMError, InstantiationException)) or is_lightning_config_error(err):
+    if isinstance(err, CharLMError) or is_lightning_config_error(err):
         return err
     if isinstance(err, OSError) and err.strerror:  # a file or folder the user named or can fix
         return CharLMError(f"{err.strerror}: {err.filename}" if err.filename else err.strerror)
-    return None
+    return built
 
 
 @functools.cache
