@@ -200,6 +200,7 @@ BAD_TRAINING = {
     "optimizer.betas=[2,0.9]": r"optimizer.betas\[0\] must be a finite number in \[0, 1\), got 2",
     "trainer.precision=8-bit": r"trainer.precision must be one of",
     "callbacks.early_stopping.patience=-1": r"callbacks.early_stopping.patience must be an integer >= 0",
+    "name=a/b": r"name becomes part of a folder's name, so it cannot hold / or \\, got 'a/b'",
 }
 
 

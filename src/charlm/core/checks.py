@@ -71,6 +71,13 @@ def text(name: str, value, nullable: bool = False) -> None:
         raise CharLMError(f"{name} must be a non-empty string{' or null' if nullable else ''}, got {value!r}")
 
 
+def folder_name(name: str, value) -> None:
+    """Text that becomes part of one folder's name: no path separators."""
+    text(name, value)
+    if "/" in value or "\\" in value:
+        raise CharLMError(f"{name} becomes part of a folder's name, so it cannot hold / or \\, got {value!r}")
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which cluster schedulers set)."""
     try:
