@@ -76,6 +76,8 @@ def test_the_attention_command_writes_a_readable_picture_in_the_format_its_name_
                        r"give one of .*\.pdf, .*\.png, .*\.svg"):
         draw(compose_pictures(f"ckpt={trained_run}", "prompt=To be", f"out={tmp_path / 'heads.doc'}"))
     assert not (tmp_path / "heads.doc").exists()
+    with pytest.raises(CharLMError, match=f"^out={tmp_path} is a folder; give a file path$"):  # named as typed
+        draw(compose_pictures(f"ckpt={trained_run}", "prompt=To be", f"out={tmp_path}"))
 
 
 def charlm(*args: str) -> subprocess.CompletedProcess:

@@ -22,15 +22,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         temp.unlink(missing_ok=True)
 
 
-def check_output(out: Path, *inputs: Path) -> None:
-    """A tool may write `out`: it is none of its inputs, not a folder, and its folder exists and can be written."""
+def check_output(out: Path, *inputs: Path, option: str = "--out ") -> None:
+    """A tool may write `out`: it is none of its inputs, not a folder, and its folder exists and can be written.
+    `option`: how the tool's command line names it."""
     out = Path(out)
     for source in inputs:
         if out.resolve() == Path(source).resolve():
-            raise CharLMError(f"--out {out} is the input file itself, and no tool overwrites its input; "
+            raise CharLMError(f"{option}{out} is the input file itself, and no tool overwrites its input; "
                               "choose another path")
     if out.is_dir():
-        raise CharLMError(f"--out {out} is a folder; give a file path")
+        raise CharLMError(f"{option}{out} is a folder; give a file path")
     if not out.parent.is_dir():
         raise CharLMError(f"output folder does not exist: {out.parent}")
     ensure_writable(out.parent)

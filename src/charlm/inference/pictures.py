@@ -169,7 +169,7 @@ def draw(cfg: DictConfig) -> None:
     the file's suffix names (.png, .pdf, .svg, .jpg, ...)."""
     cfg = group_settings(PicturesConfig, cfg)
     out = Path(cfg.out)
-    check_output(out)
+    check_output(out, option="out=")
     image = image_format(out)
     check_device("device", cfg.device)
     loaded = load_model(cfg.ckpt if cfg.ckpt is not None else newest_run(Path(cfg.paths["root"]) / "runs"))
