@@ -15,11 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
-
 from charlm.core.errors import CharLMError
-from charlm.core.sweep import asks_for_sweep
+from charlm.core.sweep import asks_for_sweep, hydra_reading
 
 
 def hydra_quoted(text: str) -> str:
@@ -48,15 +45,6 @@ def prompt_text(argument: str) -> str:
 
 # Every command's options that name a file or folder (a command without one refuses it, quoted or not).
 PATH_KEYS = ("ckpt", "ckpt_path", "init_from", "data.path", "data.cache_dir", "paths.root", "out")
-
-
-def hydra_reading(argument: str):
-    """How Hydra's override grammar reads `argument` (key=value) as it is: its Override, or None where
-    it cannot."""
-    try:
-        return OverridesParser.create().parse_overrides([argument])[0]
-    except OverrideParseException:
-        return None
 
 
 def take_text_arguments(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -28,16 +29,21 @@ def override_key(item: str) -> str:
     return str(item).partition("=")[0].lstrip("+~")
 
 
+def hydra_reading(argument: str):
+    """How Hydra's override grammar reads `argument` (key=value): its Override, or None where it cannot."""
+    try:
+        return OverridesParser.create().parse_overrides([argument])[0]
+    except OverrideParseException:
+        return None
+
+
 def unquoted(value: str) -> str:
     """A value as typed, without the quotes Hydra reads away: "'/my runs/a'" -> "/my runs/a" (paths with
     characters Hydra would not read are quoted before it parses them: charlm.core.prompts)."""
     if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
-        try:
-            read = OverridesParser.create().parse_overrides([f"value={value}"])[0].value()
-        except Exception:  # Hydra cannot read it: as it is
-            read = None
-        if isinstance(read, str):  # not a sweep over quoted values ('a','b')
-            return read
+        reading = hydra_reading(f"value={value}")
+        if reading is not None and isinstance(reading.value(), str):  # not a sweep over quoted values ('a','b')
+            return reading.value()
     return value
 
 
