@@ -36,7 +36,7 @@ def positive_list(cast, kind: str):
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m charlm bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="charlm bench", description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["training", "generation", "data", "optimizer", "speedrun", "pictures",
                                          "sample"])
     parser.add_argument("--case", action="append", help="training, optimizer, speedrun, pictures, sample: a preset "
