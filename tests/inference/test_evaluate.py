@@ -96,6 +96,12 @@ def test_a_fine_tuned_model_is_scored_on_the_text_it_was_tuned_on(trained_run, t
     results = evaluate(compose_named("evaluate", f"ckpt={tuned}"))
     assert results["tokens"] == len(sonnet.read_text()) - int(len(sonnet.read_text()) * 0.9)
     assert results["blocks"]["loss"] == pytest.approx(best, abs=1e-5)  # the run's own number
+    moved = sonnet.rename(tmp_path / "moved.txt")  # the text the run recorded has moved: the error says how to go on
+    with pytest.raises(CharLMError, match=f"^data file not found: {re.escape(str(sonnet))}; give the text with "
+                                          r"data.path=PATH$"):
+        evaluate(compose_named("evaluate", f"ckpt={tuned}"))
+    moved_results = evaluate(compose_named("evaluate", f"ckpt={tuned}", f"data.path={moved}"))
+    assert moved_results["blocks"]["loss"] == results["blocks"]["loss"]
 
 
 HELD_OUT = [  # (overrides, the error)
