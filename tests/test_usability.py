@@ -79,6 +79,7 @@ def test_paths_as_the_shell_passes_them(tmp_path, monkeypatch):
              (["data.path=~/my text (1).txt"], [str(tmp_path / "my text (1).txt")]),  # missing: one path, said later
              (["data.path=~/Ωmega.txt"], [str(tmp_path / "Ωmega.txt")]),
              (["paths.root=~/runs"], [str(tmp_path / "runs")]),
+             (["hydra.run.dir=~/runs/big"], [str(tmp_path / "runs" / "big")]),
              (["-m", "data.path=choice(a.txt,b.txt)"], ["a.txt", "b.txt"]),  # Hydra's grammar, untouched
              (["data.path=tinyshakespeare"], ["tinyshakespeare"])]
     for args, values in cases:

@@ -44,7 +44,8 @@ def prompt_text(argument: str) -> str:
 
 
 # Every command's options that name a file or folder (a command without one refuses it, quoted or not).
-PATH_KEYS = ("ckpt", "ckpt_path", "init_from", "data.path", "data.cache_dir", "paths.root", "out")
+PATH_KEYS = ("ckpt", "ckpt_path", "init_from", "data.path", "data.cache_dir", "paths.root", "out", "hydra.run.dir",
+             "hydra.sweep.dir")
 
 
 def take_text_arguments(argv: list[str] | None = None) -> None:
