@@ -59,6 +59,7 @@ def test_text_that_is_not_utf8_names_the_bytes_vocabulary(tmp_path):
 
 def test_characters_a_model_lacks_are_named_and_counted_in_one_line():
     model = Vocabulary("ab")
+    assert (model.describe(), Vocabulary("a").describe()) == ("2 characters", "1 character")
     with pytest.raises(CharLMError, match=r"vocabulary: 'c', 'd'$"):
         model.encode("abcd")
     other_script = "".join(map(chr, range(0x4E00, 0x4E00 + 30)))  # a long prompt or text in another script
