@@ -43,7 +43,7 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and (self.chars, self.mode) == (other.chars, other.mode)
 
     def describe(self) -> str:
-        return "256 bytes" if self.mode == "bytes" else f"{len(self)} character{'' if len(self) == 1 else 's'}"
+        return "256 bytes" if self.mode == "bytes" else f"{len(self):,} character{'' if len(self) == 1 else 's'}"
 
     def unknown(self, text: str) -> list[str]:
         """Characters of `text` that are not in the vocabulary, sorted (none for bytes: any text is UTF-8)."""
