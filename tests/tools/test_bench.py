@@ -33,7 +33,12 @@ def test_generation_benchmark_writes_markdown_and_json(tmp_path):
 def test_unknown_preset_is_one_clear_error(tmp_path, capsys):
     error = refusal(bench_main, ["generation", "--presets", "gpt_9m", "--out", str(tmp_path)], capsys)
     assert error.startswith("error: unknown preset 'gpt_9m'; presets: cnn_0.2m") and error.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []
+    for kind in ("speedrun", "sample"):  # refused at once, in this process, before any run or nanoGPT's minutes
+        error = refusal(bench_main, [kind, "--case", "gpt_9m", "--out", str(tmp_path)], capsys)
+        assert error.startswith("error: unknown preset 'gpt_9m'; presets: cnn_0.2m") and error.count("\n") == 1
+    error = refusal(bench_main, ["speedrun", "--nanogpt", str(tmp_path / "none"), "--out", str(tmp_path)], capsys)
+    assert error.startswith(f"error: --nanogpt {tmp_path / 'none'}: not a nanoGPT checkout")
+    assert list(tmp_path.iterdir()) == []  # and nothing written
 
 
 def test_training_benchmark_times_both_loops(tmp_path):

@@ -353,6 +353,8 @@ def run_benchmark(args, command: str) -> None:
         raise CharLMError("--device cuda: this machine has no CUDA GPU that torch can use")
     if args.threads:
         torch.set_num_threads(args.threads)
+    for case in args.case or []:  # a bad case is refused at once, not after minutes of the others (or nanoGPT's)
+        case_config(case)
     if args.kind == "training":
         rows = bench_training(args.case or TRAINING_CASES, args.steps, args.threads, args.rounds)
     elif args.kind == "speedrun":

@@ -146,9 +146,8 @@ def prepare_nanogpt(root: Path) -> None:
 
 
 def run_nanogpt(root: Path, args: str, out_dir: Path) -> tuple[dict, list[dict], float, float]:
-    """nanoGPT's own train.py, its "step N: train loss X, val loss Y" lines timed as they arrive; its
-    evaluations are inside its loop, so only process times are known."""
-    prepare_nanogpt(root)
+    """nanoGPT's own train.py (its data prepared: prepare_nanogpt), its "step N: train loss X, val loss Y"
+    lines timed as they arrive; its evaluations are inside its loop, so only process times are known."""
     start, process_s, lines = launch([sys.executable, "train.py", *args.split(), f"--out_dir={out_dir / 'nanogpt'}"],
                                      cwd=root)
     pattern = re.compile(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)")
@@ -166,6 +165,8 @@ def run_nanogpt(root: Path, args: str, out_dir: Path) -> tuple[dict, list[dict],
 
 def bench_speedrun(cases: list[str], thresholds: list[float], nanogpt: Path | None, nanogpt_args: str,
                    out_dir: Path, print_row) -> list[dict]:
+    if nanogpt is not None:
+        prepare_nanogpt(nanogpt)  # a folder that is no nanoGPT checkout is refused before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     if nanogpt is not None:
