@@ -188,9 +188,12 @@ def test_a_checkpoint_only_torch_can_read_still_runs_on_the_numpy_engine(trained
     assert type(runner).__name__ == "NumpyGPT" and what.endswith("bf16.ckpt (NumPy engine)")
 
 
-def test_export_command_and_its_errors(trained_run, tmp_path, capsys):
+def test_export_command_and_its_errors(trained_run, tmp_path, capsys, monkeypatch):
     result = forked.run(["-m", "charlm", "export", trained_run, "--out", tmp_path / "m.npz"], ROOT)
     assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "m.npz")
+    monkeypatch.setenv("HOME", str(tmp_path))  # `--out=~/...`: the shell leaves that `~` to the tool
+    export_main([str(trained_run), "--out=~/home.npz"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "home.npz")
     meta, arrays = read_export(tmp_path / "m.npz")
     loaded = load_model(trained_run)
     assert meta["vocab"] == loaded.vocab.chars and meta["model"] == loaded.model_config

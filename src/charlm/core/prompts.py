@@ -43,6 +43,12 @@ def prompt_text(argument: str) -> str:
         raise CharLMError(f"cannot read prompt_file {path}: {err.strerror}") from None
 
 
+def user_path(text: str) -> Path:
+    """A path option of an argparse tool (`--out=~/m.npz`), `~` expanded as the shell does only at a
+    word's start."""
+    return Path(text).expanduser()
+
+
 # Every command's options that name a file or folder (a command without one refuses it, quoted or not).
 PATH_KEYS = ("ckpt", "ckpt_path", "init_from", "data.path", "data.cache_dir", "paths.root", "out", "hydra.run.dir",
              "hydra.sweep.dir")

@@ -15,6 +15,7 @@ from charlm.core.atomic import check_output
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
 from charlm.core.export_format import check_output_name, write_export
+from charlm.core.prompts import user_path
 from charlm.core.run_folder import find_checkpoint
 from charlm.inference.checkpoint import load_model, numpy_weights
 
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="charlm export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .ckpt file or a run folder (its best checkpoint)")
     parser.add_argument("--format", default="npz", help="npz (the only format so far)")
-    parser.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, .npz)")
+    parser.add_argument("--out", type=user_path, help="output file (default: beside the checkpoint, .npz)")
     args = parser.parse_args(argv)
     path = export(args.checkpoint, args.format, args.out)
     print(path)

@@ -28,6 +28,7 @@ from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
 from charlm.core.export_format import check_output_name
 from charlm.core.generation import generate
+from charlm.core.prompts import user_path
 from charlm.core.run_folder import find_checkpoint
 from charlm.inference.checkpoint import load_model
 from charlm.inference.evaluate import data_settings, score, split_ids
@@ -71,7 +72,7 @@ def generation_speed(model: nn.Module, tokens: int = 300) -> float:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="charlm quantize", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .ckpt file or a run folder (its best checkpoint)")
-    parser.add_argument("--out", type=Path, help="output file (default: beside the checkpoint, .int8.pt)")
+    parser.add_argument("--out", type=user_path, help="output file (default: beside the checkpoint, .int8.pt)")
     parser.add_argument("--quantize-head", action="store_true", help="quantize the output projection too")
     parser.add_argument("--data", default=None,
                         help="text for the validation loss (default: the run's own, as its checkpoint recorded it)")

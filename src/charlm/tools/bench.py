@@ -18,6 +18,7 @@ from pathlib import Path
 
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
+from charlm.core.prompts import user_path
 
 
 def positive_list(cast, kind: str):
@@ -62,14 +63,14 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--thresholds", type=positive_list(float, "finite numbers"), default=None,
                         help="speedrun: validation losses to time, comma-separated (default: THRESHOLDS in "
                         "bench_speedrun.py)")
-    parser.add_argument("--nanogpt", type=Path, default=None,
+    parser.add_argument("--nanogpt", type=user_path, default=None,
                         help="speedrun: a nanoGPT checkout; its own train.py runs first, on the same text; "
                         "sample: its generate() at the same shape runs in the same rounds")
     parser.add_argument("--nanogpt-args", default=None,
                         help="speedrun: arguments to nanoGPT's train.py (default: its 0.2M model on the CPU, "
                         "at gpt_0.2m_published's shape and budget)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    parser.add_argument("--out", type=user_path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
     if min(args.tokens, args.repeats, args.steps, args.rounds, args.threads or 1) < 1:
         raise CharLMError("--tokens, --repeats, --steps, --rounds and --threads must be positive")
