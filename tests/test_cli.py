@@ -236,6 +236,8 @@ CONFIG_ERRORS_ELSEWHERE = {
                                            "could not be converted to Float",
     "evaluate.py stides=3": "stides is not a setting (--help lists them; +stides=VALUE adds a new key)",
     "sample.py model=null": "model=null: a config group takes one of its options (cnn, gpt), or ~model for none",
+    "sample.py prompt=To be": "'be' is not key=value: each option is one key=value argument (a value with spaces "
+                              "goes in quotes: key=\"a b\")",  # the shell split an unquoted prompt
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -120,6 +120,9 @@ def run_cli(task: Callable, *args):
 def config_error(err: BaseException) -> str:
     """An error in composing the config (an unknown key, a value of the wrong type, a bad override), as
     one line naming the key."""
+    if isinstance(err, OverrideParseException) and "=" not in err.override.lstrip("~"):  # `prompt=To be`
+        return (f"{err.override!r} is not key=value: each option is one key=value argument (a value with spaces "
+                "goes in quotes: key=\"a b\")")
     if isinstance(err, MissingConfigException) and err.options is not None:  # group=option with no such option
         options = [o for o in err.options if not o.endswith("schema")]
         return f"{str(err).splitlines()[0]}; choose one of: {', '.join(options)}"
