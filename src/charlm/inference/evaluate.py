@@ -88,9 +88,12 @@ def split_ids(loaded, data: dict, split: str, other_text: str = "data.path=PATH"
     """A model's token ids of one split of its text (train/val/test as `data` cuts them), and the
     text's path; a text the model cannot read, a missing split or one shorter than a block is a
     CharLMError (`other_text`: how the caller's command names another text)."""
-    if not resolve_path(data["path"]).exists():  # moved or deleted since the run recorded it
-        raise CharLMError(f"data file not found: {resolve_path(data['path'])}; give the text with {other_text}")
-    corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
+    try:
+        corpus = load_corpus(data["path"], data["vocab"], data["cache_dir"])
+    except CharLMError as err:
+        if resolve_path(data["path"]).exists():
+            raise
+        raise CharLMError(f"{err}; give the text with {other_text}") from None  # moved since the run recorded it
     if corpus.vocab.mode != loaded.vocab.mode:
         raise CharLMError(f"{resolve_path(data['path'])} read as {data['vocab']} gives another vocabulary "
                           f"({corpus.vocab.describe()}) than the model's ({loaded.vocab.describe()}); give the "

@@ -243,8 +243,7 @@ def bench_training(cases: list[str], steps: int, threads: int | None, rounds: in
     # orphaned and keeps both cores busy, skewing whatever is timed next.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        for case in cases:
-            case_config(case)  # fail early, in this process, on a bad case
+        for case in cases:  # (each one checked in this process: run_benchmark)
             with spawn.Pool(1) as pool:
                 rows.append(pool.apply(training_case, (case, steps, threads, rounds)))
                 pool.close()  # the worker leaves on its own, releasing what it holds (`with` would kill it)
