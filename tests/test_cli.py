@@ -271,7 +271,8 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path, monkeypatch
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert jobs == ["0_model=cnn", "1_model=gpt"]  # named by what the sweep varies, one level deep
     # the commands the run prints work when pasted: the job folder's '=' and ',' stay part of the path
-    [pasted] = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("  python sample.py")][:1]
+    [pasted] = [line.split()[-1] for line in result.stdout.splitlines()
+                if line.startswith(f"  python {ROOT / 'sample.py'} ")][:1]
     argv = ["sample.py", pasted]
     take_text_arguments(argv)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

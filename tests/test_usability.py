@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.model_summary.model_summary import get_human_re
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from charlm.core.cli import command_for
 from charlm.core.errors import CharLMError
 from charlm.core.prompts import hydra_quoted, take_text_arguments
 from charlm.core.sweep import as_dict
@@ -120,7 +121,9 @@ def test_every_run_has_its_settings_and_results_in_tensorboards_hparams_tab(trai
     assert "epoch" not in tags and not any(tag.startswith("lr-AdamW") for tag in tags)
 
 
-def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train_here, capsys, caplog):
+def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train_here, capsys, caplog, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # started as `python train.py`
     _, run_dir = train_here(*TINY, "max_steps=3", "eval_interval=3")
     out = capsys.readouterr().out
     # 3 steps log no training loss (every log_every_n_steps): the summary shows none, rather than nan
@@ -134,6 +137,23 @@ def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train
     flops = 2 * T * (12 * C * C + C * 65) + 2 * 2 * T * T * C  # 147,968: "147 K" (without attention "131 K")
     summary = next(r.getMessage() for r in caplog.records if "Total Flops" in r.getMessage())
     assert summary.splitlines()[-1].split() == [*get_human_readable_count(flops).split(), "Total", "Flops"]
+
+
+def test_the_commands_a_run_prints_start_the_way_it_was_started(tmp_path, monkeypatch):
+    # `charlm train` (or `python -m charlm train`) anywhere: the console script, not a script that is not there
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["charlm train"])
+    assert command_for("sample") == "charlm sample"
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # a train.py of another project, without our sample.py
+    (tmp_path / "train.py").write_text("")
+    assert command_for("evaluate") == "charlm evaluate"
+    # the repository's scripts from another folder: the path as typed, quoted where the shell needs it
+    repo = tmp_path / "my repo"
+    repo.mkdir()
+    for script in ("train.py", "sample.py"):
+        (repo / script).write_text("")
+    monkeypatch.setattr(sys, "argv", ["my repo/train.py"])
+    assert command_for("sample") == "python 'my repo/sample.py'"
 
 
 def modules_imported(importtime_log: str) -> set[str]:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from charlm.core.atomic import atomic_write, ensure_writable
 from charlm.core.checks import clock_seconds
+from charlm.core.cli import command_for
 from charlm.core.errors import Interrupted
 from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
@@ -281,10 +282,10 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
 
 
 def next_commands(run_dir: Path, cfg: DictConfig) -> list[str]:
-    """What to do with a finished run, ready to paste: sample, score, and look in TensorBoard where the run
-    logged there (a sweep: all its runs)."""
+    """What to do with a finished run, ready to paste as this run was started (`python sample.py` or
+    `charlm sample`): sample, score, and look in TensorBoard where the run logged there (a sweep: all its runs)."""
     logdir = shlex.quote(str(HydraConfig.get().sweep.dir if in_sweep() else run_dir))
     ckpt = shlex.quote(f"ckpt={run_dir}")
     look = [f"  tensorboard --logdir {logdir}"] if "tensorboard" in (cfg.logger or {}) else []
-    return ["next:", f"  python sample.py {ckpt}", f"  python evaluate.py {ckpt}", *look]
+    return ["next:", f"  {command_for('sample')} {ckpt}", f"  {command_for('evaluate')} {ckpt}", *look]
 
