@@ -11,7 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from charlm.core.errors import CharLMError
 from charlm.core.model_config import MODEL_CONFIGS, full_config
-from charlm.core.run_config import COPIES, RUN_FOLDER_COPIES, prepare_run_config, resolve_copies
+from charlm.core.run_config import COPIES, RUN_FOLDER_COPIES, DataConfig, OptimizerConfig, RunKnobs
+from charlm.core.run_config import prepare_run_config, resolve_copies
 
 VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners that take other than a size
 
@@ -61,6 +62,24 @@ def test_model_yaml_and_dataclass_defaults_are_the_same(compose_config, family):
     defaults = {f.name: f.default for f in dataclasses.fields(MODEL_CONFIGS[family]) if f.name != "vocab_size"}
     assert model == {"name": family, **defaults}
     assert full_config({"name": family}) == model  # and so does a config that names only its family
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_defaults_help_shows_are_the_ones_a_run_gets(compose_config, optimizer):
+    """Every knob `--help` lists (top level, optimizer, data) has its schema's default in the composed
+    config, as written (`name` stays the model's name, not a placeholder)."""
+    cfg = compose_config(f"optimizer={optimizer}")
+    for prefix, schema in (("", RunKnobs), ("optimizer.", OptimizerConfig), ("data.", DataConfig)):
+        for spec in dataclasses.fields(schema):
+            key = prefix + spec.name
+            if key in COPIES or key == "optimizer.name":
+                continue
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            composed = OmegaConf.to_container(node, resolve=False)[leaf]
+            default = spec.default_factory() if callable(spec.default_factory) else spec.default
+            assert composed == default, key
+    assert cfg.name == "gpt"
 
 
 def lightning_step_of_last_checkpoint(run_dir):

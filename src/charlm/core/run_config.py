@@ -44,7 +44,7 @@ MUON_DTYPES = ("auto", "float32", "bfloat16")  # of Muon's Newton-Schulz iterati
 class RunKnobs:
     """The top-level knobs: shared by every model family, the data and the trainer."""
 
-    name: str = knob("run", "the run's name: part of its output folder's name (default: the model's name)",
+    name: str = knob("${model.name}", "the run's name: part of its output folder's name",
                      check=checks.folder_name)
     n_layer: int = knob(MODEL["n_layer"], "blocks of the model")
     n_head: int = knob(MODEL["n_head"], "attention heads (model=gpt only)")
