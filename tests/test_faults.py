@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from charlm.core.cli import user_error
 from charlm.core.corpus import load_corpus
 from charlm.core.errors import CharLMError
 from charlm.core.run_config import check_before_loading
-from charlm.core.run_folder import hold_run_folder, new_folder, one_writer_at_a_time
+from charlm.core.run_folder import find_checkpoint, hold_run_folder, new_folder, one_writer_at_a_time
 from charlm.inference import export, quantize
 from charlm.inference.checkpoint import load_model
 from charlm.inference.sample import sample
@@ -319,6 +320,20 @@ def test_a_run_folder_is_held_by_one_live_run(tmp_path):
                 pass
     with hold_run_folder(tmp_path):  # and free again once the first ends
         pass
+
+
+def test_sampling_a_run_before_its_first_checkpoint_says_it_is_still_training(tmp_path):
+    with hold_run_folder(tmp_path):  # a live run (this process) that has saved nothing yet
+        (tmp_path / "checkpoints").mkdir()
+        for ckpt in (tmp_path, tmp_path / "checkpoints"):
+            with pytest.raises(CharLMError, match=rf"in {tmp_path}/checkpoints: its run \(pid {os.getpid()}\) is "
+                                                  r"still training, and saves one at its first validation$"):
+                find_checkpoint(ckpt)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    (tmp_path / ".lock").write_text(str(ended.pid))  # a run that was killed: its lock names a process now gone
+    with pytest.raises(CharLMError, match=rf"in {tmp_path}/checkpoints$"):
+        find_checkpoint(tmp_path)
 
 
 def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its_log(trained_run, tmp_path):

@@ -11,8 +11,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from charlm.core.errors import CharLMError
 from charlm.core.model_config import MODEL_CONFIGS, full_config
-from charlm.core.run_config import COPIES, RUN_FOLDER_COPIES, DataConfig, OptimizerConfig, RunKnobs
-from charlm.core.run_config import prepare_run_config, resolve_copies
+from charlm.core.run_config import (
+    COPIES,
+    RUN_FOLDER_COPIES,
+    DataConfig,
+    OptimizerConfig,
+    RunKnobs,
+    prepare_run_config,
+    resolve_copies,
+)
 
 VALUES = {"max_time": "00:00:01:00", "dropout": 0.25, "lr": 0.0025}  # owners that take other than a size
 

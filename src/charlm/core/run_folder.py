@@ -105,7 +105,20 @@ def find_checkpoint(path: str | Path) -> Path:
         more = f", ... {len(runs)} in all" if len(runs) > 1 else ""
         raise CharLMError(f"{folder} holds runs, not a checkpoint: give one of them ({runs[0]}{more}), or "
                           "-m ckpt=RUN_A,RUN_B for several")
-    raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}")
+    training = f": its run (pid {pid}) is still training, and saves one at its first validation" \
+        if (pid := training_pid(folder.parent if folder.name == "checkpoints" else folder)) else ""
+    raise CharLMError(f"no checkpoint (best*.ckpt or last.ckpt) in {folder}{training}")
+
+
+def training_pid(run_dir: Path) -> int | None:
+    """The process of the live run that holds this folder: the pid its lock file records, if that process
+    is alive (checked without touching the lock, which a run starting now might be taking)."""
+    try:
+        pid = int((run_dir / ".lock").read_text().strip())
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except (OSError, ValueError):  # no lock file, an empty one, or a process that has ended
+        return None
+    return pid
 
 
 def resume_file(ckpt_path: str, runs_dir: Path) -> Path:
