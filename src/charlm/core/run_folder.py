@@ -113,6 +113,8 @@ def find_checkpoint(path: str | Path) -> Path:
 def training_pid(run_dir: Path) -> int | None:
     """The process of the live run that holds this folder: the pid its lock file records, if that process
     is alive (checked without touching the lock, which a run starting now might be taking)."""
+    if os.name == "nt":  # Windows's os.kill ends the process whatever the signal
+        return None
     try:
         pid = int((run_dir / ".lock").read_text().strip())
         os.kill(pid, 0)  # signal 0: only whether the process exists
