@@ -61,6 +61,8 @@ def test_prompts_as_the_shell_passes_them(polyglot_run, tmp_path):
         sample_in_process(polyglot_run, prompt="Zebra")
     with pytest.raises(CharLMError, match="prompt_file not found"):
         take_text_arguments(["sample.py", f"prompt_file={tmp_path / 'none.txt'}"])
+    with pytest.raises(CharLMError, match="prompt and prompt_file both give the prompt; give one"):
+        take_text_arguments(["sample.py", f"prompt_file={prompt_file}", "prompt=ROMEO"])  # not: the last one wins
 
 
 def test_paths_as_the_shell_passes_them(tmp_path, monkeypatch):

@@ -60,6 +60,8 @@ def take_text_arguments(argv: list[str] | None = None) -> None:
     (`evaluate.py -m ckpt=RUN_A,RUN_B`)."""
     argv = sys.argv if argv is None else argv
     sweep = asks_for_sweep(argv)
+    if {"prompt", "prompt_file"} <= {argument.partition("=")[0] for argument in argv[1:]}:
+        raise CharLMError("prompt and prompt_file both give the prompt; give one")
     for i, argument in enumerate(argv[1:], start=1):
         key, _, value = argument.partition("=")
         if key in ("prompt", "prompt_file"):
