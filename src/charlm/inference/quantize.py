@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for name, size, memory, loss, bpc, speed in rows:
         print(f"| {name} | {size:.2f} | {memory:.2f} | {loss:.4f} | {bpc:.4f} | {speed:,.0f} |")
-    print(f"size {rows[0][1] / rows[1][1]:.2f}x smaller, val loss {rows[1][3] - rows[0][3]:+.4f}; wrote {out}")
+    print(f"size {rows[0][1] / rows[1][1]:.2f}x smaller, val loss {rows[1][3] - rows[0][3]:+.5f}; wrote {out}")
 
 
 if __name__ == "__main__":
