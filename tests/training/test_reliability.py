@@ -89,7 +89,7 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(tmp_pat
     if stop == signal.SIGTERM:  # what schedulers send: save at a step boundary, say how to resume, exit 143
         assert process.returncode == 143, stderr[-2000:]
         assert f"SIGTERM: saved {crashed / 'checkpoints' / 'last.ckpt'} at step {resumed_from}" in stderr
-        assert f"ckpt_path={crashed}" in stderr
+        assert f"resume with python {ROOT / 'train.py'} ckpt_path={crashed}\n" in stderr  # ready to paste
         summary = json.loads((crashed / "summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["steps"] == resumed_from
 

@@ -50,7 +50,7 @@ def scratch_folder() -> str:
 
 
 def command_for(entry: str) -> str:
-    """How to start another entry point (sample, evaluate) the way this process was started, ready to
+    """How to start an entry point (train, sample, evaluate) the way this process was started, ready to
     paste: the script beside train.py where a script started it (`python sample.py`), else `charlm sample`
     (installed with the package, so it works outside the repository too)."""
     script = Path(sys.argv[0])

@@ -184,7 +184,7 @@ def train(cfg: DictConfig) -> float:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(plan.ckpt_file) if plan.ckpt_file else None)
         except StopNow as stop:
             raise Interrupted(f"{signal.Signals(stop.signum).name} again: stopped at once; {run_dir / 'checkpoints'} "
-                              f"holds the last saved step; resume with ckpt_path={run_dir}",
+                              f"holds the last saved step; resume with {resume_command(run_dir)}",
                               128 + stop.signum) from None
         seconds = time.perf_counter() - module.started_at
         if not trainer.is_global_zero:
@@ -195,7 +195,7 @@ def train(cfg: DictConfig) -> float:
         if in_sweep():
             write_report(HydraConfig.get().sweep.dir)  # the sweep ends here: report the jobs that ran
         raise Interrupted(f"{signal.Signals(interrupt.signum).name}: saved {run_dir / 'checkpoints' / 'last.ckpt'} "
-                          f"at step {interrupt.saved_at}; resume with ckpt_path={run_dir}",
+                          f"at step {interrupt.saved_at}; resume with {resume_command(run_dir)}",
                           128 + interrupt.signum)
     return best
 
@@ -279,6 +279,11 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
         "", *next_commands(run_dir, cfg), *tracker_commands(cfg),
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run, ready to paste (its folder holds the arguments it was started with)."""
+    return f"{command_for('train')} {shlex.quote(f'ckpt_path={run_dir}')}"
 
 
 def next_commands(run_dir: Path, cfg: DictConfig) -> list[str]:
