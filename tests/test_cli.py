@@ -220,6 +220,9 @@ CONFIG_ERRORS = {  # caught while Hydra composes the config, before torch loads
     "seed=abc": "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer",
     "compile=maybe": "Error merging override compile=maybe: Value 'maybe' is not a valid bool (type str)",
     "model=cnn model.n_head=2": "model.n_head applies to model=gpt, not to this run's model",
+    "experiment=gpt_0.2m model=cnn": "model.activation applies to model=gpt, not to this run's model; "
+                                     "experiment/gpt_0.2m_published sets it: a preset is made for its own model "
+                                     "(choose one for this model, or leave out model=)",  # Hydra's five lines before
     "optimizer.muon_typo=1": "optimizer.muon_typo is not a setting (--help lists them; +optimizer.muon_typo=VALUE "
                              "adds a new key)",
     "model=transformer": "In 'config': Could not find 'model/transformer'; choose one of: cnn, gpt",

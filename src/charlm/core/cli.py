@@ -5,6 +5,7 @@ import contextlib
 import functools
 import gc
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -137,12 +138,17 @@ def config_error(err: BaseException) -> str:
     if isinstance(err, MissingConfigException) and err.options is not None:  # group=option with no such option
         options = [o for o in err.options if not o.endswith("schema")]
         return f"{str(err).splitlines()[0]}; choose one of: {', '.join(options)}"
-    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    inner = err.__cause__ or err.__context__  # Hydra's composition errors keep the key's error as context
+    cause = inner if isinstance(inner, OmegaConfBaseException) else err
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         group, _, leaf = key.partition(".")
         owners = [f"model={family}" for family, settings in MODEL_CONFIGS.items()
                   if group == "model" and leaf in {spec.name for spec in fields(settings)}]
+        preset = re.match(r"In '(experiment/[^']+)'", str(err))  # `experiment=gpt_0.2m model=cnn`
+        if owners and preset:
+            return (f"{key} applies to {' and '.join(owners)}, not to this run's model; {preset[1]} sets it: a "
+                    "preset is made for its own model (choose one for this model, or leave out model=)")
         if owners:
             return f"{key} applies to {' and '.join(owners)}, not to this run's model"
         return f"{key} is not a setting (--help lists them; +{key}=VALUE adds a new key)"
