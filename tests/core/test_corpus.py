@@ -50,6 +50,18 @@ def test_bytes_vocabulary_reads_any_file_and_decodes_utf8(tmp_path):
     assert "".join(stream(b) for b in "你好".encode()) == "你好"
 
 
+def test_a_mistyped_data_path_gets_the_name_it_was_likely_meant_to_be(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_text.txt").write_text("hello")
+    for typed, meant in [("tinyshakespear", "tinyshakespeare, the corpus shipped in the package"),
+                         ("my_txt.txt", "my_text.txt"), (f"{tmp_path}/my_tex.txt", f"{tmp_path}/my_text.txt")]:
+        with pytest.raises(CharLMError, match=rf"^data file not found: {typed} \(did you mean {meant}\?\)$"):
+            load_corpus(typed)
+    for typed in ("unrelated.txt", f"{tmp_path}/no/such/folder/my_text.txt"):
+        with pytest.raises(CharLMError, match=rf"^data file not found: {typed}$"):
+            load_corpus(typed)
+
+
 def test_text_that_is_not_utf8_names_the_bytes_vocabulary(tmp_path):
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("café crème\n".encode("latin-1") * 100)

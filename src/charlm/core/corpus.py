@@ -9,7 +9,10 @@ re-reading a large corpus on every run, and a changed file is hashed and encoded
 """
 
 import codecs
+import contextlib
+import difflib
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -53,7 +56,7 @@ class Corpus:
 def check_source(file: Path) -> int:
     """The file's size, or one CharLMError for every way it cannot be a corpus."""
     if not file.exists():
-        raise CharLMError(f"data file not found: {file}")
+        raise CharLMError(f"data file not found: {file}{likely_meant(file)}")
     if file.is_dir():
         raise CharLMError(f"data path is a directory, not a text file: {file}")
     try:
@@ -63,6 +66,20 @@ def check_source(file: Path) -> int:
     if size == 0:
         raise CharLMError(f"data file is empty: {file}")
     return size
+
+
+def likely_meant(file: Path) -> str:
+    """A hint for a mistyped path: the shipped corpus's name, or a file of the same folder, when one is close."""
+    folder = file.parent
+    names = [TINY_SHAKESPEARE] if folder == Path() else []
+    with contextlib.suppress(OSError):  # a folder that does not exist or cannot be listed: no names from it
+        names += [entry.name for entry in itertools.islice(folder.iterdir(), 10_000)]  # not a whole huge folder
+    match = difflib.get_close_matches(file.name, names, n=1, cutoff=0.8)
+    if not match:
+        return ""
+    if match[0] == TINY_SHAKESPEARE and not (folder / TINY_SHAKESPEARE).exists():
+        return f" (did you mean {TINY_SHAKESPEARE}, the corpus shipped in the package?)"
+    return f" (did you mean {folder / match[0]}?)"
 
 
 def read_chunks(file: Path):
