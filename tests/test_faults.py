@@ -336,6 +336,16 @@ def test_sampling_a_run_before_its_first_checkpoint_says_it_is_still_training(tm
         find_checkpoint(tmp_path)
 
 
+def test_a_mistyped_checkpoint_path_names_the_run_it_likely_meant(tmp_path):
+    run = tmp_path / "2026-12-03_18-43-16_base"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CharLMError, match=rf"^checkpoint not found: {tmp_path}/2026-12-03_18-43-16_bse "
+                                          rf"\(did you mean {run}\?\)$"):
+        find_checkpoint(tmp_path / "2026-12-03_18-43-16_bse")
+    with pytest.raises(CharLMError, match=r"^checkpoint not found: \S+/other$"):
+        find_checkpoint(tmp_path / "other")
+
+
 def test_a_finished_runs_folder_is_refused_unless_resumed_and_resuming_keeps_its_log(trained_run, tmp_path):
     out = tmp_path / "out"
     run_dir = out / "runs" / "tiny"

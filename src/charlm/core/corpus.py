@@ -9,10 +9,7 @@ re-reading a large corpus on every run, and a changed file is hashed and encoded
 """
 
 import codecs
-import contextlib
-import difflib
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -23,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm.core.atomic import atomic_write
-from charlm.core.errors import CharLMError
+from charlm.core.errors import CharLMError, close_name
 from charlm.core.vocab import MODES, Vocabulary, listed
 
 TINY_SHAKESPEARE = "tinyshakespeare"
@@ -69,17 +66,13 @@ def check_source(file: Path) -> int:
 
 
 def likely_meant(file: Path) -> str:
-    """A hint for a mistyped path: the shipped corpus's name, or a file of the same folder, when one is close."""
-    folder = file.parent
-    names = [TINY_SHAKESPEARE] if folder == Path() else []
-    with contextlib.suppress(OSError):  # a folder that does not exist or cannot be listed: no names from it
-        names += [entry.name for entry in itertools.islice(folder.iterdir(), 10_000)]  # not a whole huge folder
-    match = difflib.get_close_matches(file.name, names, n=1, cutoff=0.8)
-    if not match:
+    """A hint for a mistyped data path: the shipped corpus's name, or a file of the same folder."""
+    match = close_name(file, (TINY_SHAKESPEARE,) if file.parent == Path() else ())
+    if match is None:
         return ""
-    if match[0] == TINY_SHAKESPEARE and not (folder / TINY_SHAKESPEARE).exists():
+    if match == TINY_SHAKESPEARE and not Path(TINY_SHAKESPEARE).exists():
         return f" (did you mean {TINY_SHAKESPEARE}, the corpus shipped in the package?)"
-    return f" (did you mean {folder / match[0]}?)"
+    return f" (did you mean {file.parent / match}?)"
 
 
 def read_chunks(file: Path):

@@ -1,7 +1,12 @@
 """The one exception type for mistakes a user can fix (entry points print it as one line), the
-interruption a run ends with, a one-line description of any other error, and the "charlm" logger."""
+interruption a run ends with, a one-line description of any other error, the likely meaning of a
+mistyped path, and the "charlm" logger."""
 
+import contextlib
+import difflib
+import itertools
 import logging
+from pathlib import Path
 
 # What charlm tells the user is also logged here; a Hydra job gives this logger the run's train.log.
 # Without a handler (sample.py, tests), logging would print warnings and errors a second time.
@@ -26,3 +31,13 @@ def describe_error(err: BaseException) -> str:
     """An exception's type and the first line of its message, for a one-line warning."""
     first_line = (str(err).strip().splitlines() or [""])[0][:200]
     return f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+
+
+def close_name(path: Path, extra: tuple[str, ...] = ()) -> str | None:
+    """For a path that does not exist: the closest of `extra` and the names in its folder (at most 10,000
+    of them, not a whole huge folder), if one is close enough to be a likely typo; else None."""
+    names = list(extra)
+    with contextlib.suppress(OSError):  # a folder that does not exist or cannot be listed: no names from it
+        names += [entry.name for entry in itertools.islice(path.parent.iterdir(), 10_000)]
+    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.8)
+    return match[0] if match else None

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.core.atomic import atomic_write
-from charlm.core.errors import CharLMError
+from charlm.core.errors import CharLMError, close_name
 from charlm.core.sweep import in_sweep
 
 try:
@@ -93,7 +93,8 @@ def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise CharLMError(f"checkpoint not found: {path}")
+        hint = f" (did you mean {path.parent / match}?)" if (match := close_name(path)) else ""
+        raise CharLMError(f"checkpoint not found: {path}{hint}")
     if path.is_file():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
