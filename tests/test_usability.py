@@ -141,6 +141,13 @@ def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train
     assert summary.splitlines()[-1].split() == [*get_human_readable_count(flops).split(), "Total", "Flops"]
 
 
+def test_a_fast_dev_run_saves_nothing_and_offers_no_commands_for_it(train_here, capsys):
+    _, run_dir = train_here(*TINY, "+trainer.fast_dev_run=true")  # Lightning's one-step smoke test
+    out = capsys.readouterr().out
+    assert "trained 1 step, 256 tokens" in out and "best checkpoint: -\n" in out
+    assert "next:" not in out and not list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
 def test_the_commands_a_run_prints_start_the_way_it_was_started(tmp_path, monkeypatch):
     # `charlm train` (or `python -m charlm train`) anywhere: the console script, not a script that is not there
     monkeypatch.chdir(tmp_path)

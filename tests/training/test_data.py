@@ -1,10 +1,12 @@
 """The data module (charlm.training.data): training and validation blocks of the real corpus."""
 
+import re
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from charlm.core.corpus import resolve_path
 from charlm.core.errors import CharLMError
@@ -66,3 +68,12 @@ def test_splits_too_small_or_leaving_no_validation_text_are_refused(tmp_path):
         CharDataModule(settings).setup()
     with pytest.raises(CharLMError, match=r"must be below 1: validation needs the rest"):
         DataConfig(path=str(path), train_fraction=0.9, test_fraction=0.1)
+
+
+def test_lightnings_overfit_mode_trains_on_the_same_batches_every_epoch(train_here, capsys):
+    """`+trainer.overfit_batches=1` (the Lightning + Hydra template's `debug=overfit`): Lightning keeps
+    these loaders, which already serve fixed batches in order, and one batch of 256 tokens, seen 100
+    times, is learned by heart while the (one-batch) validation stays near chance."""
+    train_here(*TINY, "+trainer.overfit_batches=1", "max_steps=100", "eval_interval=100", "lr=1e-2")
+    train, val = map(float, re.search(r"final train/loss (\S+), val/loss (\S+),", capsys.readouterr().out).groups())
+    assert train < 1.0 < 3.0 < val

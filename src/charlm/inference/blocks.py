@@ -3,7 +3,7 @@ evaluation share. Torch without Lightning, so evaluate.py and quantize load no t
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, SequentialSampler
 
 RECORDED = ("path", "vocab", "train_fraction", "test_fraction", "cache_dir")  # which text, cut how: in checkpoints
 
@@ -62,6 +62,21 @@ class RandomBlockSampler(Sampler[list[int]]):
             generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i) % 2**63)
             offsets = torch.randint(self.num_offsets, (self.batch_size * self.world_size,), generator=generator)
             yield offsets[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
+
+
+class InOrder(SequentialSampler):
+    """Whole batches of block offsets, in the same order every epoch: a list of them, or a
+    RandomBlockSampler, whose epoch then stays 0. A SequentialSampler, so that Lightning's overfit mode
+    (`trainer.overfit_batches`), which turns any other sampler into one of single offsets, keeps it."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class BlockDataset(Dataset):

@@ -13,6 +13,7 @@ from charlm.core.vocab import Vocabulary
 from charlm.inference.blocks import (
     RECORDED,
     BlockDataset,
+    InOrder,
     RandomBlockSampler,
     evaluation_offsets,
     shortest_text,
@@ -83,6 +84,8 @@ class CharDataModule(L.LightningDataModule):
         dataset = BlockDataset(self.train_ids, data.block_size)
         sampler = RandomBlockSampler(len(dataset), data.batch_size, data.num_batches, data.seed,
                                      *self.process_slot(), start=self.batches_done())
+        if self.trainer is not None and self.trainer.overfit_batches > 0:
+            sampler = InOrder(sampler)  # the same first batches every epoch: what overfitting them needs
         # batch_size=None: the sampler already yields whole batches, fetched with one indexing op.
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=data.num_workers,
                           persistent_workers=data.num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -99,7 +102,7 @@ class CharDataModule(L.LightningDataModule):
         mine = starts[rank::world_size]
         size = scoring_blocks(self.settings.eval_batch_size, self.settings.block_size)
         batches = [mine[i : i + size].tolist() for i in range(0, len(mine), size)]
-        return DataLoader(BlockDataset(ids, self.settings.block_size), batch_size=None, sampler=batches,
+        return DataLoader(BlockDataset(ids, self.settings.block_size), batch_size=None, sampler=InOrder(batches),
                           generator=self.own_generator())
 
     def own_generator(self) -> torch.Generator:

@@ -269,14 +269,15 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     metrics = trainer.callback_metrics  # train/loss only from log_every_n_steps on: a shorter run has none
     losses = [f"{key} {float(metrics[key]):.4f}" for key in ("train/loss", "val/loss") if key in metrics]
     losses.append(f"best val/loss {best_loss:.4f}" + (f" at step {best['step']}" if best else ""))
+    steps = step - plan.start_step
+    saved = ["sample:", visible(sample), "", *next_commands(run_dir, cfg)] if best_path else []  # fast_dev_run: none
     say("\n".join([
-        f"trained {step - plan.start_step} steps, {tokens:,} tokens in {seconds:.1f} s: "
+        f"trained {steps} step{'s' if steps != 1 else ''}, {tokens:,} tokens in {seconds:.1f} s: "
         f"{tokens / seconds:,.0f} tokens/s (validation included)"
         + (f"; {summary['wall_time_s']:.1f} s in all, with the calls it resumed" if module.earlier_seconds else ""),
         "final " + ", ".join(losses),
         f"best checkpoint: {best_path or '-'}",
-        "sample:", visible(sample),
-        "", *next_commands(run_dir, cfg), *tracker_commands(cfg),
+        *saved, *tracker_commands(cfg),
     ]))
     return best_loss if not math.isnan(best_loss) else math.inf
 
