@@ -141,11 +141,14 @@ def test_a_run_shows_its_models_flops_and_ends_with_the_commands_to_use_it(train
     assert summary.splitlines()[-1].split() == [*get_human_readable_count(flops).split(), "Total", "Flops"]
 
 
-def test_a_fast_dev_run_saves_nothing_and_offers_no_commands_for_it(train_here, capsys):
+def test_a_run_that_saved_no_checkpoint_offers_no_commands_for_it(train_here, capsys):
     _, run_dir = train_here(*TINY, "+trainer.fast_dev_run=true")  # Lightning's one-step smoke test
     out = capsys.readouterr().out
     assert "trained 1 step, 256 tokens" in out and "best checkpoint: -\n" in out
     assert "next:" not in out and not list((run_dir / "checkpoints").glob("*.ckpt"))
+    _, run_dir = train_here(*TINY, "~callbacks.checkpoint", "max_steps=3", run_dir=run_dir.parent / "no-best")
+    out = capsys.readouterr().out  # no best checkpoint, but last.ckpt: its sample and the commands for it
+    assert "best checkpoint: -\nsample:\n" in out and f"next:\n  charlm sample ckpt={run_dir}" in out
 
 
 def test_the_commands_a_run_prints_start_the_way_it_was_started(tmp_path, monkeypatch):

@@ -235,7 +235,7 @@ def run_settings(plan: Plan, cfg: DictConfig) -> dict:
 def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: LanguageModel, seconds: float,
                interrupted: bool) -> float:
     """Write summary.json, the HParams entry, and print the end-of-run summary with a sample from the best
-    checkpoint."""
+    checkpoint (else the last)."""
     run_dir, knobs, n_params = plan.run_dir, plan.knobs, count_parameters(module.model)
     step, best, total_tokens = final_state(trainer, module, run_dir)
     best_loss = best["loss"] if best else math.nan
@@ -258,10 +258,11 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     summary["settings"] = settings
     atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
     log_results(trainer.loggers, settings, results, step)  # TensorBoard's HParams tab: every run side by side
-    sample = ""
-    if best_path:
+    sample, last = "", run_dir / "checkpoints" / "last.ckpt"
+    sample_from = best_path or (str(last) if last.is_file() else "")  # no best with ~callbacks.checkpoint
+    if sample_from:
         sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
-        best_model = load_model(best_path)
+        best_model = load_model(sample_from)
         with TorchRunner(best_model.model) as runner:
             sample = sample_text(runner, best_model.vocab, sampler.prompt_for(best_model.vocab),
                                  max(sampler.num_tokens, 200), temperature=sampler.temperature,
@@ -270,7 +271,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     losses = [f"{key} {float(metrics[key]):.4f}" for key in ("train/loss", "val/loss") if key in metrics]
     losses.append(f"best val/loss {best_loss:.4f}" + (f" at step {best['step']}" if best else ""))
     steps = step - plan.start_step
-    saved = ["sample:", visible(sample), "", *next_commands(run_dir, cfg)] if best_path else []  # fast_dev_run: none
+    saved = ["sample:", visible(sample), "", *next_commands(run_dir, cfg)] if sample_from else []  # fast_dev_run: none
     say("\n".join([
         f"trained {steps} step{'s' if steps != 1 else ''}, {tokens:,} tokens in {seconds:.1f} s: "
         f"{tokens / seconds:,.0f} tokens/s (validation included)"
