@@ -229,6 +229,8 @@ CONFIG_ERRORS = {  # caught while Hydra composes the config, before torch loads
     "logger=null": "logger=null: a config group takes one of its options (csv, mlflow, tensorboard, wandb), or "
                    "~logger for none",  # Hydra's answer was a traceback
     "~data": "~data: a run needs one data option; choose one of: shakespeare",
+    "hydra.job.chdir=true": "hydra.job.chdir=true: a run reads every path from the folder it was started in, and "
+                            "writes all its files into its run folder already; leave it out",  # relative paths broke
 }
 
 

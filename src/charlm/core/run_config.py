@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.core import checks
@@ -370,6 +371,9 @@ def check_before_loading(cfg: DictConfig) -> None:
     (the run itself prepares `cfg`), a data file that is missing, empty or a folder, a checkpoint to
     resume or fine-tune that is not there, and a new run's folder holding another run (a SLURM requeue
     resumes in its own)."""
+    if HydraConfig.initialized() and HydraConfig.get().job.chdir:
+        raise CharLMError("hydra.job.chdir=true: a run reads every path from the folder it was started in, and "
+                          "writes all its files into its run folder already; leave it out")
     settings = prepare_run_config(copy.deepcopy(cfg), job_overrides(), in_sweep())
     knobs = settings.knobs
     check_source(resolve_path(settings.data.path))
