@@ -1,6 +1,7 @@
 """The user's path through the real command line: train, look in TensorBoard, sample, resume, mistakes."""
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -250,6 +251,15 @@ CONFIG_ERRORS_ELSEWHERE = {
 def test_keys_and_types_the_schema_refuses_get_one_line(tmp_path, overrides):
     result = run_script("train.py", *overrides.split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert (result.returncode, result.stderr) == (2, f"error: {CONFIG_ERRORS[overrides]}\n")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None,
+                    reason="the [slurm] extra is installed here")
+def test_a_launcher_whose_extra_is_missing_says_how_to_install_it(tmp_path):
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_slurm", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.startswith(
+        "error: In 'hydra/config': Could not find 'hydra/launcher/submitit_slurm'; it comes with "
+        "pip install -e \".[slurm]\"; choose one of: basic")
 
 
 @pytest.mark.parametrize("command", list(CONFIG_ERRORS_ELSEWHERE))

@@ -129,6 +129,11 @@ def run_cli(task: Callable, *args):
         remove_unused_folders()
 
 
+# Hydra plugins that the package's extras install (pyproject.toml): the config each adds, and its extra.
+PLUGIN_EXTRAS = {"hydra/launcher/joblib": "parallel", "hydra/launcher/submitit_slurm": "slurm",
+                 "hydra/launcher/submitit_local": "slurm", "hydra/sweeper/optuna": "search"}
+
+
 def config_error(err: BaseException) -> str:
     """An error in composing the config (an unknown key, a value of the wrong type, a bad override), as
     one line naming the key."""
@@ -137,7 +142,10 @@ def config_error(err: BaseException) -> str:
                 "goes in quotes: key=\"a b\")")
     if isinstance(err, MissingConfigException) and err.options is not None:  # group=option with no such option
         options = [o for o in err.options if not o.endswith("schema")]
-        return f"{str(err).splitlines()[0]}; choose one of: {', '.join(options)}"
+        missing = re.search(r"Could not find '([^']+)'", str(err))
+        extra = PLUGIN_EXTRAS.get(missing[1]) if missing else None
+        install = f"; it comes with pip install -e \".[{extra}]\"" if extra else ""
+        return f"{str(err).splitlines()[0]}{install}; choose one of: {', '.join(options)}"
     inner = err.__cause__ or err.__context__  # Hydra's composition errors keep the key's error as context
     cause = inner if isinstance(inner, OmegaConfBaseException) else err
     key = getattr(cause, "full_key", None)
