@@ -1,7 +1,8 @@
 """Trackers beside TensorBoard: a CSV file, MLflow against a SQLite store, W&B offline; resume continues
-the same tracker run; a missing package is one line."""
+the same tracker run; a missing package or an absent MLflow server is one line."""
 
 import csv
+import http.server
 import importlib.util
 import json
 import logging
@@ -10,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -146,3 +148,17 @@ def test_a_tracker_whose_package_is_missing_is_one_line(compose_config, monkeypa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(CharLMError, match=r"^logger=mlflow needs the mlflow package: pip install -e '.\[tracking\]'"):
         check_trackers(compose_config("logger=[tensorboard,mlflow]"))
+
+
+def test_an_mlflow_server_that_does_not_answer_is_one_line_not_minutes_of_retries(compose_config):
+    port = free_port()  # nothing listens there
+    with pytest.raises(CharLMError, match=rf"^logger.mlflow.tracking_uri=http://127.0.0.1:{port}: no server answers "
+                                          r"there \(.*refused\); start one \(mlflow server\), or leave tracking_uri"):
+        check_trackers(compose_config("logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:{port}"))
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:  # a server that answers, whatever it says, is MLflow's to judge
+        check_trackers(compose_config("logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:"
+                                                       f"{server.server_port}"))
+    finally:
+        server.server_close()

@@ -10,6 +10,8 @@ import math
 import netrc
 import os
 import shlex
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -27,12 +29,24 @@ IDS_FILE = "trackers.json"  # in the run folder: the MLflow and W&B run ids, for
 
 
 def check_trackers(cfg: DictConfig) -> None:
-    """A tracker whose package is missing fails before the run starts, in one line."""
+    """A tracker whose package is missing, or an MLflow server that does not answer, fails before the run
+    starts, in one line (MLflow's own client retries an absent server for minutes)."""
     for name in cfg.logger or {}:
         package = NEEDS.get(name)
         if package and importlib.util.find_spec(package) is None:
             raise CharLMError(f"logger={name} needs the {package} package: pip install -e '.[tracking]' "
                               f"(or pip install {package})")
+    uri = str((cfg.logger or {}).get("mlflow", {}).get("tracking_uri") or "")
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+        except urllib.error.HTTPError:
+            pass  # a server answers: MLflow itself says what it thinks of it
+        except (urllib.error.URLError, OSError) as err:
+            why = getattr(err, "reason", None) or err
+            raise CharLMError(f"logger.mlflow.tracking_uri={uri}: no server answers there ({why}); start one "
+                              "(mlflow server), or leave tracking_uri out for a SQLite store under paths.root"
+                              ) from None
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
