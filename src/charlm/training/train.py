@@ -262,9 +262,9 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     sample_from = best_path or (str(last) if last.is_file() else "")  # no best with ~callbacks.checkpoint
     if sample_from:
         sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
-        best_model = load_model(sample_from)
-        with TorchRunner(best_model.model) as runner:
-            sample = sample_text(runner, best_model.vocab, sampler.prompt_for(best_model.vocab),
+        saved_model = load_model(sample_from)
+        with TorchRunner(saved_model.model) as runner:
+            sample = sample_text(runner, saved_model.vocab, sampler.prompt_for(saved_model.vocab),
                                  max(sampler.num_tokens, 200), temperature=sampler.temperature,
                                  rng=np.random.default_rng(sampler.seed))
     metrics = trainer.callback_metrics  # train/loss only from log_every_n_steps on: a shorter run has none
