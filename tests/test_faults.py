@@ -304,6 +304,11 @@ def test_a_report_interrupted_while_it_writes_leaves_the_last_one_whole(tmp_path
         ["report.csv", "report.md", "val_loss.png"]  # no temp file left
 
 
+def test_a_benchmark_given_zero_threads_is_refused_not_run_with_the_default():
+    with pytest.raises(CharLMError, match=r"--threads must be positive"):
+        bench.main(["optimizer", "--threads", "0"])
+
+
 @pytest.mark.parametrize(("case", "message"), [
     ("", r"--case needs a preset name"),
     ("gpt_0.2m notakey=3", r"bad override in 'gpt_0.2m notakey=3': .*notakey"),

@@ -72,7 +72,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", type=user_path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
-    if min(args.tokens, args.repeats, args.steps, args.rounds, args.threads or 1) < 1:
+    if min(args.tokens, args.repeats, args.steps, args.rounds, 1 if args.threads is None else args.threads) < 1:
         raise CharLMError("--tokens, --repeats, --steps, --rounds and --threads must be positive")
     if args.steps < 20:
         raise CharLMError("--steps must be at least 20 (the first tenth is warm-up)")
