@@ -167,8 +167,9 @@ def config_error(err: BaseException) -> str:
 def check_groups(argv: list[str], needed: tuple[str, ...] = ()) -> None:
     """Refuse a config group set to null (Hydra answers with a traceback) and, of the `needed` groups (a
     run has one of each), one left out with ~GROUP (the run would fail later, less clearly)."""
-    groups = config_groups()
-    for item in argv[1:]:
+    removed = [item for item in argv[1:] if item.startswith("~") or item.partition("=")[2] == "null"]
+    groups = config_groups() if removed else {}  # conf/ is listed only when an argument could matter
+    for item in removed:
         key, _, value = item.partition("=")
         group = key.lstrip("+~")
         options = ", ".join(groups.get(group, []))

@@ -170,4 +170,3 @@ def skip_unused_help_lists() -> bool:
     lazy_get_help.hydras_get_help = hydras_get_help
     Hydra.get_help = lazy_get_help
     return True
-

@@ -89,6 +89,12 @@ def best_checkpoint(folder: Path) -> Path | None:
     return best[-1] if best else None
 
 
+def saved_checkpoint(folder: Path) -> Path | None:
+    """A run's checkpoint to use: its best (newest best*.ckpt), else its last.ckpt; None if it has neither."""
+    last = Path(folder) / "last.ckpt"
+    return best_checkpoint(folder) or (last if last.is_file() else None)
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file as given, or the best checkpoint of a run folder (else its last.ckpt)."""
     path = Path(path).expanduser()
@@ -98,10 +104,8 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if best := best_checkpoint(folder):
-        return best
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
+    if saved := saved_checkpoint(folder):
+        return saved
     if runs := sorted(str(run) for run in folder.iterdir() if (run / "checkpoints").is_dir()):  # a sweep's folder
         more = f", ... {len(runs)} in all" if len(runs) > 1 else ""
         raise CharLMError(f"{folder} holds runs, not a checkpoint: give one of them ({runs[0]}{more}), or "

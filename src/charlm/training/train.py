@@ -24,7 +24,7 @@ from charlm.core.errors import Interrupted
 from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
-from charlm.core.run_folder import best_checkpoint, hold_run_folder, requeue_checkpoint, run_folder_of
+from charlm.core.run_folder import best_checkpoint, hold_run_folder, requeue_checkpoint, run_folder_of, saved_checkpoint
 from charlm.core.sweep import NOT_SETTINGS, as_dict, in_sweep, job_overrides, setting_key
 from charlm.core.vocab import Vocabulary
 from charlm.inference.checkpoint import BEST_KEY, TOKENS_KEY, LoadedModel, load_model, read_checkpoint
@@ -258,8 +258,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     summary["settings"] = settings
     atomic_write(run_dir / "summary.json", lambda file: file.write((json.dumps(summary, indent=2) + "\n").encode()))
     log_results(trainer.loggers, settings, results, step)  # TensorBoard's HParams tab: every run side by side
-    sample, last = "", run_dir / "checkpoints" / "last.ckpt"
-    sample_from = best_path or (str(last) if last.is_file() else "")  # no best with ~callbacks.checkpoint
+    sample, sample_from = "", saved_checkpoint(run_dir / "checkpoints")  # none after a fast_dev_run
     if sample_from:
         sampler = next((c for c in trainer.callbacks if isinstance(c, TextSampleCallback)), TextSampleCallback())
         saved_model = load_model(sample_from)
@@ -271,7 +270,7 @@ def report_run(plan: Plan, cfg: DictConfig, trainer: L.Trainer, module: Language
     losses = [f"{key} {float(metrics[key]):.4f}" for key in ("train/loss", "val/loss") if key in metrics]
     losses.append(f"best val/loss {best_loss:.4f}" + (f" at step {best['step']}" if best else ""))
     steps = step - plan.start_step
-    saved = ["sample:", visible(sample), "", *next_commands(run_dir, cfg)] if sample_from else []  # fast_dev_run: none
+    saved = ["sample:", visible(sample), "", *next_commands(run_dir, cfg)] if sample_from else []
     say("\n".join([
         f"trained {steps} step{'s' if steps != 1 else ''}, {tokens:,} tokens in {seconds:.1f} s: "
         f"{tokens / seconds:,.0f} tokens/s (validation included)"
