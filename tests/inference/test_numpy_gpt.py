@@ -135,7 +135,8 @@ def test_sampling_picks_the_faster_engine(trained_run, exported, overrides, engi
 
 
 def test_a_cnn_samples_on_torch_and_only_backend_numpy_refuses_it(tmp_path):
-    """As an export or as a checkpoint: auto runs it on torch; numpy names the model it cannot run."""
+    """As an export or as a checkpoint: auto runs it on torch (eagerly, also with compile=true); numpy names
+    the model it cannot run."""
     from hydra import compose, initialize_config_dir
 
     from charlm.inference.sample import open_model
@@ -149,8 +150,9 @@ def test_a_cnn_samples_on_torch_and_only_backend_numpy_refuses_it(tmp_path):
                 "state_dict": {f"model.{name}": value for name, value in model.state_dict().items()}}, checkpoint)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for path in (export, checkpoint):
-            runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={path}"]))  # backend=auto
-            assert type(runner).__name__ == "TorchRunner" and vocab.chars == "abc" and what.endswith("(torch)")
+            for extra in ([], ["compile=true"]):  # backend=auto; a CNN has no step to compile: it runs eagerly
+                runner, vocab, what = open_model(compose("sample", overrides=[f"ckpt={path}", *extra]))
+                assert type(runner).__name__ == "TorchRunner" and vocab.chars == "abc" and what.endswith("(torch)")
             with pytest.raises(CharLMError, match=f"^the NumPy engine runs GPT models.*; {path} holds a cnn model"):
                 open_model(compose("sample", overrides=[f"ckpt={path}", "backend=numpy"]))
 

@@ -49,7 +49,7 @@ def open_model(cfg: DictConfig):
         raise CharLMError(f"the NumPy engine runs GPT models with float weights; {loaded.path} holds {holds} "
                           "(backend=torch runs it)")
     runner = TorchRunner(loaded.model.to(cfg.device), compile=cfg.compile)
-    return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if cfg.compile else ''})"
+    return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if runner.compiled_step else ''})"
 
 
 def sample(cfg: DictConfig) -> None:
