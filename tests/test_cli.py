@@ -270,8 +270,9 @@ def test_sample_and_evaluate_schemas_refuse_in_one_line_too(command):
 
 
 def sweep(tmp_path, *args):
+    """A sweep into tmp_path, named relative to the folder it starts in (as Hydra's default sweep dir is)."""
     return run_script("train.py", "-m", *TINY, "max_steps=20", "eval_interval=10",
-                      f"hydra.sweep.dir={tmp_path}", *args)
+                      f"hydra.sweep.dir={tmp_path.name}", *args, cwd=tmp_path.parent)
 
 
 def report_rows(folder):
@@ -285,6 +286,7 @@ def test_sweep_over_both_models_writes_a_comparison_report(tmp_path, monkeypatch
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert jobs == ["0_model=cnn", "1_model=gpt"]  # named by what the sweep varies, one level deep
+    assert f"  tensorboard --logdir {tmp_path}\n" in result.stdout  # pasted anywhere, it finds the sweep
     # the commands the run prints work when pasted: the job folder's '=' and ',' stay part of the path
     [pasted] = [line.split()[-1] for line in result.stdout.splitlines()
                 if line.startswith(f"  python {ROOT / 'sample.py'} ")][:1]

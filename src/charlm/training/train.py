@@ -290,7 +290,7 @@ def resume_command(run_dir: Path) -> str:
 def next_commands(run_dir: Path, cfg: DictConfig) -> list[str]:
     """What to do with a finished run, ready to paste as this run was started (`python sample.py` or
     `charlm sample`): sample, score, and look in TensorBoard where the run logged there (a sweep: all its runs)."""
-    logdir = shlex.quote(str(HydraConfig.get().sweep.dir if in_sweep() else run_dir))
+    logdir = shlex.quote(str(Path(HydraConfig.get().sweep.dir).resolve() if in_sweep() else run_dir))
     ckpt = shlex.quote(f"ckpt={run_dir}")
     look = [f"  tensorboard --logdir {logdir}"] if "tensorboard" in (cfg.logger or {}) else []
     return ["next:", f"  {command_for('sample')} {ckpt}", f"  {command_for('evaluate')} {ckpt}", *look]
