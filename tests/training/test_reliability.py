@@ -12,17 +12,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import forked
+import lightning as L
 import pytest
 import torch
 import yaml
 from conftest import ROOT, TINY, TINY_RUN, folder_bytes, run_script, sample_in_process, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charlm.core.atomic import atomic_write
 from charlm.core.errors import CharLMError
 from charlm.core.run_config import with_run_arguments
 from charlm.core.run_folder import hold_run_folder
 from charlm.training.callbacks import GracefulInterrupt
 from charlm.training.lightning_module import LanguageModel
+from charlm.training.train import resume_command
 
 # Dropout on, so resuming must restore random states too; a fixed decay horizon, so a run may stop
 # (max_steps) earlier than another without changing the learning-rate schedule.
@@ -196,6 +199,45 @@ def test_killing_a_checkpoint_write_never_corrupts_the_file(tmp_path):
     (tmp_path / "checkpoints" / ".last.ckpt.999.tmp").write_bytes(b"half")
     with hold_run_folder(tmp_path, resuming=True):
         assert list(tmp_path.rglob(".*.tmp")) == [] and target.is_file()
+
+
+class FullDisk(L.Callback):
+    """Points last.ckpt's temp file at /dev/full, a device that is always full, once the run has started."""
+
+    def on_train_start(self, trainer, pl_module):
+        (Path(trainer.checkpoint_callback.dirpath) / f".last.ckpt.{os.getpid()}.tmp").symlink_to("/dev/full")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_room(train_here, tmp_path, capsys):
+    """The real error of a full disk, wrapped by torch.save, becomes one line naming the file and the resume
+    command; what was saved stays."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(CharLMError) as refused:
+        train_here(*TINY, "max_steps=20", "eval_interval=10", f"+callbacks.full_disk._target_={__name__}.FullDisk",
+                   "callbacks.progress_bar.refresh_rate=1")
+    assert str(refused.value) == (
+        f"cannot write {run_dir / 'checkpoints' / 'last.ckpt'}: No space left on device (no file was made); "
+        f"{run_dir / 'checkpoints'} holds the last saved step: resume with {resume_command(run_dir)} once it can "
+        "be written")
+    [saved] = (run_dir / "checkpoints").iterdir()
+    assert saved.name.startswith("best-step10-")  # the first validation's checkpoint, saved before last.ckpt
+    assert capsys.readouterr().out.endswith("\n")  # the error's line starts below the progress bar
+    train_here(*TINY, "max_steps=20", "eval_interval=10", f"ckpt_path={run_dir}")  # the link went with the write
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 20
+
+
+def test_atomic_write_names_the_file_a_full_disk_refused_and_leaves_it_as_it_was(tmp_path):
+    target = tmp_path / "weights.pt"
+    target.write_bytes(b"earlier")
+    if Path("/dev/full").exists():
+        (tmp_path / f".weights.pt.{os.getpid()}.tmp").symlink_to("/dev/full")
+        with pytest.raises(CharLMError, match=r"^cannot write .*weights.pt: No space left on device \(the file "
+                                              r"there is unchanged\)$"):
+            atomic_write(target, lambda file: torch.save(torch.zeros(100_000), file))
+    with pytest.raises(ZeroDivisionError):  # a bug in the writer is not the system's refusal: raised as it is
+        atomic_write(target, lambda file: 1 / 0)
+    assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
 
 
 def test_a_live_runs_folder_is_refused_before_anything_in_it_changes(tmp_path):

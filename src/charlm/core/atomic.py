@@ -9,7 +9,8 @@ from charlm.core.errors import CharLMError
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write` into a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Write through `write` into a temp file beside `path`, fsync it, then rename it over `path`. A write
+    the system refuses (a full disk, a quota) is one CharLMError naming `path`, which is left as it was."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -18,8 +19,23 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
+    except Exception as err:
+        if (refused := system_error(err)) is None:
+            raise
+        kept = "the file there is unchanged" if path.exists() else "no file was made"
+        raise CharLMError(f"cannot write {path}: {refused.strerror} ({kept})") from err
     finally:
         temp.unlink(missing_ok=True)
+
+
+def system_error(err: BaseException) -> OSError | None:
+    """The operating system's error behind `err`, if there is one: writers such as torch.save raise their
+    own error while handling it ("unexpected pos ..." for a full disk)."""
+    for _ in range(10):  # a chain of errors is short; this bounds a cyclic one
+        if err is None or isinstance(err, OSError) and err.strerror:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def check_output(out: Path, *inputs: Path, option: str = "--out ") -> None:

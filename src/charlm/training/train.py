@@ -17,10 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from charlm.core.atomic import atomic_write, ensure_writable
+from charlm.core.atomic import atomic_write, ensure_writable, system_error
 from charlm.core.checks import clock_seconds
 from charlm.core.cli import command_for
-from charlm.core.errors import Interrupted
+from charlm.core.errors import CharLMError, Interrupted
 from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
@@ -186,6 +186,13 @@ def train(cfg: DictConfig) -> float:
             raise Interrupted(f"{signal.Signals(stop.signum).name} again: stopped at once; {run_dir / 'checkpoints'} "
                               f"holds the last saved step; resume with {resume_command(run_dir)}",
                               128 + stop.signum) from None
+        except Exception as err:
+            if trainer.progress_bar_callback is not None and trainer.progress_bar_callback.is_enabled:
+                print(flush=True)  # the error's line goes below the progress bar, not onto it
+            if system_error(err) is not None and saved_checkpoint(run_dir / "checkpoints"):  # a full disk
+                raise CharLMError(f"{err}; {run_dir / 'checkpoints'} holds the last saved step: resume with "
+                                  f"{resume_command(run_dir)} once it can be written") from err
+            raise
         seconds = time.perf_counter() - module.started_at
         if not trainer.is_global_zero:
             return math.inf
