@@ -262,6 +262,17 @@ def test_a_half_written_summary_is_named_and_the_other_runs_reported(tmp_path):
     assert f"unreadable summary.json ({tmp_path / 'b' / 'summary.json'})" in report
 
 
+def test_a_report_tells_a_run_still_training_from_one_that_ended(tmp_path):
+    """A live run's lock file names its process; a run that ended, even one whose process goes on (a
+    sweep's jobs run one after another in one process), leaves none."""
+    write_run(tmp_path / "a", FINISHED)
+    with hold_run_folder(tmp_path / "a", resuming=True):  # resumed: its summary.json is the earlier call's
+        write_report(tmp_path)
+        assert f"| running (pid {os.getpid()}) |" in (tmp_path / "report.md").read_text()
+    write_report(tmp_path)
+    assert "| finished |" in (tmp_path / "report.md").read_text()
+
+
 def test_a_report_waits_for_the_one_being_written(tmp_path):
     """A parallel sweep's jobs each rewrite the sweep's report as they end, in turn: a report begun while
     another job writes shows what that job wrote (here its run, which the folder lacked before)."""

@@ -197,6 +197,8 @@ def hold_run_folder(folder: Path, resuming: bool = False, cfg: DictConfig | None
             write_train_log(folder)
             yield
         finally:
+            lock.seek(0)
+            lock.truncate()  # no pid: the run is over, also while its process goes on (a sweep's next job)
             if fcntl is not None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

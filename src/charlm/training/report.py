@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from charlm.core.atomic import atomic_write, ensure_writable
 from charlm.core.cli import run_cli
 from charlm.core.errors import CharLMError
-from charlm.core.run_folder import one_writer_at_a_time
+from charlm.core.run_folder import one_writer_at_a_time, training_pid
 from charlm.core.sweep import as_dict, differing_keys, label, setting_key, swept_keys
 
 # (summary key, column title, format for the Markdown table)
@@ -65,11 +65,15 @@ def run_row(run: Path, root: Path) -> dict:
     summary_file = run / "summary.json"
     row = {"folder": str(run.relative_to(root)) if run != root else run.name}
     if not summary_file.is_file():
-        return row | {"status": "failed or unfinished"}
-    try:
-        return row | json.loads(summary_file.read_text())
-    except (OSError, ValueError):  # half-written by a run killed mid-write, or not ours: report the others
-        return row | {"status": f"unreadable summary.json ({summary_file})"}
+        row["status"] = "failed or unfinished"
+    else:
+        try:
+            row |= json.loads(summary_file.read_text())
+        except (OSError, ValueError):  # half-written by a run killed mid-write, or not ours: report the others
+            row["status"] = f"unreadable summary.json ({summary_file})"
+    if pid := training_pid(run):  # still training (a resumed run's summary.json holds its earlier calls)
+        row["status"] = f"running (pid {pid})"
+    return row
 
 
 def fmt(value, spec: str) -> str:
