@@ -189,6 +189,16 @@ def test_a_configuration_that_cannot_fit_in_memory_is_refused_before_allocating(
         train_here(override)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_more_samples_than_memory_holds_are_refused_before_allocating(trained_run, backend, capsys):
+    """A billion texts of the tiny GPT would need terabytes of caches: one line, before any allocation."""
+    with pytest.raises(CharLMError, match=r"^num_samples=1000000000 needs about [\d,.]+ GiB for this model's "
+                                          r"caches, but [\d,.]+ GiB is available in RAM; lower num_samples$"):
+        sample_in_process(trained_run, 10, "T", "num_samples=1000000000", f"backend={backend}")
+    assert "sampling from" not in capsys.readouterr().err  # refused before it starts
+    assert len(sample_in_process(trained_run, 10, "T", "num_samples=3", f"backend={backend}").split("\n-")) == 3
+
+
 BAD_TRAINING = {
     "lr=nan": r"lr must be a finite number > 0, got nan",
     "lr=inf": r"lr must be a finite number > 0, got inf",

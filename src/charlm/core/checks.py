@@ -11,6 +11,7 @@ import re
 import types
 import typing
 from dataclasses import field, fields
+from pathlib import Path
 
 from charlm.core.errors import CharLMError
 
@@ -84,6 +85,21 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM this process can still take: the kernel's estimate of what is available, or the
+    container's or job's own limit (cgroup) if lower; None where neither can be read."""
+    limits = []
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        entries = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        if "MemAvailable" in entries:
+            limits.append(int(entries["MemAvailable"].split()[0]) * 1024)
+    cgroup = Path("/sys/fs/cgroup/memory.max")
+    if cgroup.is_file() and cgroup.read_text().strip().isdigit():
+        limits.append(int(cgroup.read_text()))
+    return min(limits) if limits else None
 
 
 def threads(name: str, value) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from charlm.core.checks import available_ram
 from charlm.core.errors import CharLMError
 from charlm.core.export_format import is_export, read_export
 from charlm.core.generation import generate
@@ -52,13 +53,31 @@ def open_model(cfg: DictConfig):
     return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if runner.compiled_step else ''})"
 
 
+def check_fits(runner, num_samples: int, prompt_length: int) -> None:
+    """Refuse in one line a batch of GPT samples whose caches cannot fit in RAM, rather than being killed
+    by the kernel or stopped by an allocation deep inside the model."""
+    config = runner.config if isinstance(runner, NumpyGPT) else vars(runner.model.config)
+    free = available_ram()
+    if "n_head" not in config or getattr(getattr(runner, "device", None), "type", "cpu") != "cpu" or free is None:
+        return
+    block, width, window = config["block_size"], config["n_embd"], min(prompt_length, config["block_size"])
+    # float32: each layer's keys and values over the whole window, then the prompt's pass (scores, activations)
+    need = 4 * num_samples * (2 * config["n_layer"] * block * width + 2 * config["n_head"] * window**2
+                              + 8 * window * width)
+    if need > free:
+        raise CharLMError(f"num_samples={num_samples} needs about {need / 2**30:,.1f} GiB for this model's caches, "
+                          f"but {free / 2**30:,.1f} GiB is available in RAM; lower num_samples")
+
+
 def sample(cfg: DictConfig) -> None:
     cfg = group_settings(SampleConfig, cfg)  # every option checked
     runner, vocab, what = open_model(cfg)
+    prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
+    encoded = vocab.encode(prompt)
+    check_fits(runner, cfg.num_samples, len(encoded))
     job = job_label()  # in a sweep (-m): which of its samples this is
     print(f"sampling from {what}" + (f"; {job}" if job else ""), file=sys.stderr, flush=True)
-    prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
-    prompt_ids = np.array([vocab.encode(prompt)] * cfg.num_samples, dtype=np.int64)
+    prompt_ids = np.array([encoded] * cfg.num_samples, dtype=np.int64)
     rng = np.random.default_rng(cfg.seed)  # seed None: fresh entropy each call
     steps = generate(runner, prompt_ids, cfg.num_tokens, cfg.temperature, cfg.top_k, cfg.top_p, rng)
     out = sys.stdout

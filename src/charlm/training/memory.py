@@ -1,10 +1,9 @@
 """How much memory a training configuration needs, estimated before anything real is allocated, so a
 run that cannot fit is refused in one line instead of being killed by the kernel's OOM killer."""
 
-from pathlib import Path
-
 import torch
 
+from charlm.core.checks import available_ram
 from charlm.core.errors import CharLMError
 from charlm.models import build_model
 
@@ -40,16 +39,7 @@ def available_bytes(device: str) -> tuple[int | None, str]:
     if device == "cuda":
         free, _ = torch.cuda.mem_get_info()
         return free, f"free on {torch.cuda.get_device_name()}"
-    limits = []
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
-        if "MemAvailable" in fields:
-            limits.append(int(fields["MemAvailable"].split()[0]) * 1024)
-    cgroup = Path("/sys/fs/cgroup/memory.max")  # a container's or a job's own limit
-    if cgroup.is_file() and cgroup.read_text().strip().isdigit():
-        limits.append(int(cgroup.read_text()))
-    return (min(limits), "available in RAM") if limits else (None, "")
+    return available_ram(), "available in RAM"
 
 
 def check_fits(model_config: dict, vocab_size: int, batch_size: int, block_size: int, device: str,
