@@ -2,6 +2,7 @@
 answers from the entry points, and what to do after a run."""
 
 import re
+import shlex
 import subprocess
 import sys
 
@@ -12,8 +13,7 @@ from lightning.pytorch.utilities.model_summary.model_summary import get_human_re
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from charlm.core.cli import command_for
-from charlm.core.errors import CharLMError
+from charlm.core.errors import CharLMError, command_for
 from charlm.core.prompts import hydra_quoted, take_text_arguments
 from charlm.core.sweep import as_dict
 
@@ -166,6 +166,8 @@ def test_the_commands_a_run_prints_start_the_way_it_was_started(tmp_path, monkey
         (repo / script).write_text("")
     monkeypatch.setattr(sys, "argv", ["my repo/train.py"])
     assert command_for("sample") == "python 'my repo/sample.py'"
+    monkeypatch.setattr(sys, "argv", ["my repo/sample.py"])  # sample.py says how to train ("no run yet")
+    assert command_for("train") == "python 'my repo/train.py'"
 
 
 def modules_imported(importtime_log: str) -> set[str]:
@@ -192,7 +194,8 @@ def test_config_answers_import_neither_torch_nor_lightning(script, flag):
     ("nlayer=3", "nlayer"), ("lr=nan", "error: lr must be a finite number > 0, got nan"),
     ("data.path=nope.txt", "error: data file not found: nope.txt"),
     ("init_from=nope.ckpt", "error: checkpoint not found: nope.ckpt"),
-    ("ckpt_path=last", "error: no run under outputs/runs has checkpoints/last.ckpt")])
+    ("ckpt_path=last", "error: no run under outputs/runs has checkpoints/last.ckpt; train one with "
+                       f"`python {shlex.quote(str(ROOT / 'train.py'))}`")])
 def test_a_mistake_is_answered_without_torch(tmp_path, override, error):
     """A mistyped key, a bad value, a missing data file or checkpoint is refused before torch and Lightning load."""
     result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), override],

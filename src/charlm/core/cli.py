@@ -6,7 +6,6 @@ import functools
 import gc
 import os
 import re
-import shlex
 import shutil
 import signal
 import sys
@@ -48,16 +47,6 @@ def scratch_folder() -> str:
     folder = tempfile.mkdtemp(prefix="charlm-sweep-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
-
-
-def command_for(entry: str) -> str:
-    """How to start an entry point (train, sample, evaluate) the way this process was started, ready to
-    paste: the script beside train.py where a script started it (`python sample.py`), else `charlm sample`
-    (installed with the package, so it works outside the repository too)."""
-    script = Path(sys.argv[0])
-    if script.name == "train.py" and script.with_name(f"{entry}.py").is_file():
-        return f"python {shlex.quote(str(script.with_name(f'{entry}.py')))}"
-    return f"charlm {entry}"
 
 
 def one_line(err: BaseException) -> str:

@@ -1,17 +1,32 @@
 """The one exception type for mistakes a user can fix (entry points print it as one line), the
 interruption a run ends with, a one-line description of any other error, the likely meaning of a
-mistyped path, and the "charlm" logger."""
+mistyped path, the command that starts an entry point, and the "charlm" logger."""
 
 import contextlib
 import difflib
 import itertools
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 # What charlm tells the user is also logged here; a Hydra job gives this logger the run's train.log.
 # Without a handler (sample.py, tests), logging would print warnings and errors a second time.
 log = logging.getLogger("charlm")
 log.addHandler(logging.NullHandler())
+
+
+SCRIPTS = ("train.py", "sample.py", "evaluate.py")  # the repository's scripts, side by side
+
+
+def command_for(entry: str) -> str:
+    """How to start an entry point (train, sample, evaluate) the way this process was started, ready to
+    paste: the script beside the one that runs (`python sample.py`), else `charlm sample` (installed with
+    the package, so it works outside the repository too)."""
+    script = Path(sys.argv[0])
+    if script.name in SCRIPTS and script.with_name(f"{entry}.py").is_file():
+        return f"python {shlex.quote(str(script.with_name(f'{entry}.py')))}"
+    return f"charlm {entry}"
 
 
 class CharLMError(Exception):

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.core.atomic import atomic_write
-from charlm.core.errors import CharLMError, close_name
+from charlm.core.errors import CharLMError, close_name, command_for
 from charlm.core.sweep import in_sweep
 
 try:
@@ -79,7 +79,7 @@ def newest_run(runs_dir: Path, holding: str = "checkpoints") -> Path:
     runs_dir = Path(runs_dir)
     runs = sorted((p for p in runs_dir.glob("*") if (p / holding).exists()), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise CharLMError(f"no run under {runs_dir} has {holding}; train one with `python train.py` or name it")
+        raise CharLMError(f"no run under {runs_dir} has {holding}; train one with `{command_for('train')}` or name it")
     return runs[-1]
 
 

@@ -19,8 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from charlm.core.atomic import atomic_write, ensure_writable, system_error
 from charlm.core.checks import clock_seconds
-from charlm.core.cli import command_for
-from charlm.core.errors import CharLMError, Interrupted
+from charlm.core.errors import CharLMError, Interrupted, command_for
 from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
 from charlm.core.run_config import RunKnobs, prepare_run_config
