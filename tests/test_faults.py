@@ -272,6 +272,15 @@ def test_a_half_written_summary_is_named_and_the_other_runs_reported(tmp_path):
     assert f"unreadable summary.json ({tmp_path / 'b' / 'summary.json'})" in report
 
 
+def test_a_report_names_runs_by_their_arguments_a_removed_group_included(tmp_path):
+    for name, argument in (("a", "logger=csv"), ("b", "~logger")):
+        write_run(tmp_path / name, FINISHED)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- {argument}\n")
+    write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "| logger=csv | a |" in report and "| ~logger | b |" in report  # not "logger=", an empty value
+
+
 def test_a_report_tells_a_run_still_training_from_one_that_ended(tmp_path):
     """A live run's lock file names its process; a run that ended, even one whose process goes on (a
     sweep's jobs run one after another in one process), leaves none."""

@@ -47,9 +47,11 @@ def unquoted(value: str) -> str:
     return value
 
 
-def as_dict(overrides) -> dict[str, str]:
-    """["model=cnn", "+x=1", "data.path='a b.txt'"] -> {"model": "cnn", "x": "1", "data.path": "a b.txt"}"""
-    return {override_key(item): unquoted(str(item).partition("=")[2]) for item in overrides or []}
+def as_dict(overrides) -> dict[str, str | None]:
+    """["model=cnn", "+x=1", "data.path='a b.txt'", "~logger"] -> {"model": "cnn", "x": "1", "data.path": "a b.txt",
+    "logger": None}: None for a key removed with ~."""
+    return {override_key(item): None if str(item).startswith("~") and "=" not in str(item)
+            else unquoted(str(item).partition("=")[2]) for item in overrides or []}
 
 
 def asks_for_sweep(argv: list[str]) -> bool:
@@ -90,7 +92,7 @@ def setting_key(key: str, settings: dict) -> str:
 
 def label(keys: list[str], overrides: dict[str, str]) -> str:
     """A run named by the swept settings' values: "model=cnn, n_embd=32" ("" when nothing is swept)."""
-    return ", ".join(f"{k}={overrides[k]}" for k in keys if k in overrides)
+    return ", ".join(f"~{k}" if overrides[k] is None else f"{k}={overrides[k]}" for k in keys if k in overrides)
 
 
 def swept_settings(hydra) -> str:

@@ -233,7 +233,7 @@ def run_settings(plan: Plan, cfg: DictConfig) -> dict:
     settings |= {"data.path": cfg.data.path, "data.vocab": cfg.data.vocab, "precision": str(cfg.trainer.precision)}
     for key, value in as_dict(job_overrides()).items():  # what else was typed: experiment=, data.*, ...
         if not key.startswith(NOT_SETTINGS) and setting_key(key, settings) not in settings:
-            settings[key] = value
+            settings[key] = "removed" if value is None else value  # ~key
     plain = (bool, int, float, str)
     return {k: v if isinstance(v, plain) else str(v) for k, v in settings.items()}
 
