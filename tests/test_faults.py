@@ -32,7 +32,7 @@ from charlm.inference.checkpoint import load_model
 from charlm.inference.sample import sample
 from charlm.tools import bench
 from charlm.training.callbacks import RunCheckpoint
-from charlm.training.report import write_report
+from charlm.training.report import validation_curve, write_report
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -279,6 +279,18 @@ def test_a_report_names_runs_by_their_arguments_a_removed_group_included(tmp_pat
     write_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "| logger=csv | a |" in report and "| ~logger | b |" in report  # not "logger=", an empty value
+
+
+def test_a_report_draws_runs_that_logged_to_csv_and_no_empty_plot(train_here, tmp_path):
+    _, csv_run = train_here(*TINY, "logger=csv", "max_steps=20", "eval_interval=10", run_dir=tmp_path / "csv" / "run")
+    curve = validation_curve(csv_run)
+    assert [step for step, _ in curve] == [10, 20]
+    assert min(loss for _, loss in curve) == pytest.approx(json.loads((csv_run / "summary.json").read_text())
+                                                           ["best_val_loss"], abs=1e-6)
+    assert (tmp_path / "csv" / "val_loss.png") in write_report(tmp_path / "csv")
+    train_here(*TINY, "~logger", "max_steps=10", "eval_interval=10", run_dir=tmp_path / "none" / "run")
+    assert write_report(tmp_path / "none") == [tmp_path / "none" / "report.md", tmp_path / "none" / "report.csv"]
+    assert not (tmp_path / "none" / "val_loss.png").exists()  # no curve to draw: no empty axes
 
 
 def test_a_report_tells_a_run_still_training_from_one_that_ended(tmp_path):

@@ -45,13 +45,23 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
     # module, because SweepReport is a Hydra callback.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if not (run / "tb").is_dir():  # a run that failed before logging anything
-        return []
+    if not (run / "tb").is_dir():  # logger=csv, or a run that failed before logging anything
+        return csv_curve(run / "csv" / "metrics.csv")
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     if "val/loss" not in events.Tags().get("scalars", []):
         return []
     return [(e.step + 1, e.value) for e in events.Scalars("val/loss")]  # logged at step index, 0-based
+
+
+def csv_curve(metrics: Path) -> list[tuple[int, float]]:
+    """The validation curve in the file of Lightning's CSV logger (logger=csv); [] where there is none."""
+    try:
+        with metrics.open(newline="") as file:
+            rows = [row for row in csv.DictReader(file) if row.get("val/loss")]
+        return [(int(row["step"]) + 1, float(row["val/loss"])) for row in rows]
+    except (OSError, KeyError, ValueError):  # no such file, or not the CSV logger's
+        return []
 
 
 def run_overrides(run: Path) -> dict[str, str]:
@@ -115,6 +125,9 @@ def write_report(folder: str | Path) -> list[Path]:
         writer.writerows(rows)
         atomic_write(table, lambda file: file.write(csv_text.getvalue().encode()))
 
+        curves = [(row["run"], curve) for run, row in zip(runs, rows, strict=True) if (curve := validation_curve(run))]
+        if not curves:  # the runs logged to neither TensorBoard nor CSV: nothing to draw
+            return [markdown, table]
         plot = root / "val_loss.png"
         import matplotlib  # see validation_curve: loaded only here
 
@@ -122,16 +135,13 @@ def write_report(folder: str | Path) -> list[Path]:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run, row in zip(runs, rows, strict=True):
-            curve = validation_curve(run)
-            if curve:
-                steps, losses = zip(*curve, strict=True)
-                ax.plot(steps, losses, marker="o", markersize=3, label=row["run"])
+        for name, curve in curves:
+            steps, losses = zip(*curve, strict=True)
+            ax.plot(steps, losses, marker="o", markersize=3, label=name)
         ax.set_xlabel("step")
         ax.set_ylabel("validation loss (nats/char)")
         ax.grid(alpha=0.3)
-        if ax.lines:  # beside the plot, never over the curves
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
         atomic_write(plot, lambda file: fig.savefig(file, format="png", dpi=120, bbox_inches="tight"))
         plt.close(fig)
         return [markdown, table, plot]
