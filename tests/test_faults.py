@@ -327,7 +327,12 @@ def test_a_report_interrupted_while_it_writes_leaves_the_last_one_whole(tmp_path
     """A second Ctrl-C often lands in a sweep's last report: the files it was replacing stay whole."""
     from matplotlib.figure import Figure
 
-    write_run(tmp_path / "a", FINISHED)
+    def write_run_with_curve(folder: Path) -> None:
+        write_run(folder, FINISHED)
+        (folder / "csv").mkdir()
+        (folder / "csv" / "metrics.csv").write_text("step,val/loss\n9,1.6\n19,1.5\n")  # as logger=csv writes it
+
+    write_run_with_curve(tmp_path / "a")
     write_report(tmp_path)
     before = {name: (tmp_path / name).read_bytes() for name in ("report.md", "report.csv", "val_loss.png")}
 
@@ -337,7 +342,7 @@ def test_a_report_interrupted_while_it_writes_leaves_the_last_one_whole(tmp_path
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Figure, "savefig", interrupted_savefig)
-    write_run(tmp_path / "b", FINISHED)
+    write_run_with_curve(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
         write_report(tmp_path)
     assert (tmp_path / "val_loss.png").read_bytes() == before["val_loss.png"]
