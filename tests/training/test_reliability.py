@@ -140,6 +140,17 @@ def test_a_resume_takes_the_arguments_its_run_was_started_with(tmp_path, monkeyp
         unchanged = list(argv)
         with_run_arguments(argv)
         assert argv == unchanged
+    # relative paths read where the run was started (hydra.yaml records it): a resume from elsewhere reads them
+    started_in = tmp_path / "started in"
+    (started_in / "data").mkdir(parents=True)
+    (started_in / "data" / "corpus.txt").touch()
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(started_in)}}}))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["data.path='data/corpus.txt'", "data.cache_dir=gone", "data.vocab=bytes", "init_from=/abs.ckpt"]))
+    argv = ["train.py", f"ckpt_path={run}"]
+    with_run_arguments(argv)
+    assert argv == ["train.py", f"data.path={started_in / 'data' / 'corpus.txt'}", "data.cache_dir=gone",
+                    "data.vocab=bytes", "init_from=/abs.ckpt", f"ckpt_path={run}"]
     # a recorded argument this release does not know (a renamed knob): the error says where it came from
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model=cnn", "model.num_layers=3"]))
     result = run_script("train.py", f"ckpt_path={run}")

@@ -26,6 +26,7 @@ from charlm.core.corpus import check_source, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import SCORING_BATCH, EvaluateConfig, PicturesConfig, RecordedData, SampleConfig
 from charlm.core.model_config import MODEL_CONFIGS, GPTConfig
+from charlm.core.prompts import PATH_KEYS
 from charlm.core.run_folder import (
     check_free,
     find_checkpoint,
@@ -258,13 +259,27 @@ def with_run_arguments(argv: list[str]) -> tuple[Path, list[str]] | None:
         started_with = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
     except (CharLMError, OSError, TypeError, ValueError):  # no such run, or not laid out as ours: the run says why
         return None
-    carried = [item for item in started_with
+    carried = [from_where_it_started(item, run) for item in started_with
                if isinstance(item, str) and owner_of(override_key(item)) not in {*given, *NOT_RESUMED}]
     if not carried:
         return None
     print(f"resuming {run} with the arguments it was started with: {' '.join(carried)}", file=sys.stderr)
     argv[1:1] = carried
     return run / ".hydra" / "overrides.yaml", carried
+
+
+def from_where_it_started(item: str, run: Path) -> str:
+    """A run's argument as it read there: a relative path (`data.path=my.txt`) made absolute against the
+    folder the run was started in (its hydra.yaml records it), so a resume started elsewhere reads the same
+    file. Other arguments, and paths that are not there, unchanged."""
+    key, value = override_key(item), as_dict([item]).get(override_key(item))
+    if key not in PATH_KEYS or not value or Path(value).expanduser().is_absolute():
+        return item
+    try:
+        started_in = Path(OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.cwd)
+    except Exception:  # no hydra.yaml, or not Hydra's: leave the path to the folder the resume starts in
+        return item
+    return f"{key}={started_in / value}" if (started_in / value).exists() else item
 
 
 def resolve_copies(cfg: DictConfig, overrides=()) -> None:

@@ -1,11 +1,13 @@
 """The LightningDataModule serving a corpus's splits as blocks (charlm.inference.blocks) for training."""
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from charlm.core.corpus import ids_in, load_corpus, resolve_path
+from charlm.core.corpus import TINY_SHAKESPEARE, ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.inference_config import scoring_blocks
 from charlm.core.run_config import DataConfig
@@ -28,8 +30,13 @@ class CharDataModule(L.LightningDataModule):
     def __init__(self, settings: DataConfig | None = None, fixed_vocab: str | None = None):
         super().__init__()
         settings = settings or DataConfig()
-        # In checkpoints, under one key (the model's own "vocab" is its symbols): evaluate.py reads it.
-        self.save_hyperparameters({"data": {key: getattr(settings, key) for key in RECORDED}}, logger=False)
+        # In checkpoints, under one key (the model's own "vocab" is its symbols): evaluate.py reads it, from
+        # any folder, so relative paths are recorded absolute.
+        recorded = {key: getattr(settings, key) for key in RECORDED}
+        for key in ("path", "cache_dir"):
+            if recorded[key] is not None and recorded[key] != TINY_SHAKESPEARE:
+                recorded[key] = str(Path(recorded[key]).expanduser().absolute())
+        self.save_hyperparameters({"data": recorded}, logger=False)
         self.settings = settings
         self.fixed_vocab = fixed_vocab
         self.vocab: Vocabulary | None = None
