@@ -53,7 +53,7 @@ def open_model(cfg: DictConfig):
     return runner, loaded.vocab, f"{loaded.path} (torch{', compiled' if runner.compiled_step else ''})"
 
 
-def check_fits(runner, num_samples: int, prompt_length: int) -> None:
+def check_samples_fit(runner, num_samples: int, prompt_length: int) -> None:
     """Refuse in one line a batch of GPT samples whose caches cannot fit in RAM, rather than being killed
     by the kernel or stopped by an allocation deep inside the model."""
     config = runner.config if isinstance(runner, NumpyGPT) else vars(runner.model.config)
@@ -74,7 +74,7 @@ def sample(cfg: DictConfig) -> None:
     runner, vocab, what = open_model(cfg)
     prompt = cfg.prompt if cfg.prompt is not None else "\n" if "\n" in vocab.index else vocab.chars[0]
     encoded = vocab.encode(prompt)
-    check_fits(runner, cfg.num_samples, len(encoded))
+    check_samples_fit(runner, cfg.num_samples, len(encoded))
     job = job_label()  # in a sweep (-m): which of its samples this is
     print(f"sampling from {what}" + (f"; {job}" if job else ""), file=sys.stderr, flush=True)
     prompt_ids = np.array([encoded] * cfg.num_samples, dtype=np.int64)
