@@ -56,14 +56,15 @@ def test_a_test_split_is_scored_and_its_absence_named(train_here, tmp_path):
 
 def test_a_run_on_a_relative_path_is_scored_from_any_folder(train_here, tmp_path, monkeypatch):
     """data.path=corpus.txt, trained in one folder, scored from another: the checkpoint records the path
-    absolute (and quantize, which shares the code, reads it the same way)."""
+    absolute, and its export records it too (quantize, which shares the code, reads it the same way)."""
     (tmp_path / "start").mkdir()
     (tmp_path / "start" / "corpus.txt").write_text("to be, or not to be: that is the question\n" * 200)
     monkeypatch.chdir(tmp_path / "start")
     best, run_dir = train_here(*TINY, "data.path=corpus.txt", "max_steps=6", "eval_interval=6")
     monkeypatch.chdir(tmp_path)
-    results = evaluate(compose_named("evaluate", f"ckpt={run_dir}"))
-    assert results["blocks"]["loss"] == pytest.approx(best, abs=1e-5)
+    for scored in (run_dir, export(run_dir, out=tmp_path / "m.npz")):  # an export keeps the run's data settings
+        results = evaluate(compose_named("evaluate", f"ckpt={scored}"))
+        assert results["blocks"]["loss"] == pytest.approx(best, abs=1e-5)
 
 
 def test_an_export_is_scored_like_its_checkpoint(trained_run, tmp_path):

@@ -1,5 +1,6 @@
 """The portable export format: one .npz holding every weight (named as in the torch state_dict)
-plus `__meta__`, a JSON string with the model config and the vocabulary. Readable without torch."""
+plus `__meta__`, a JSON string with the model config, the vocabulary and the data settings of the run it
+came from. Readable without torch."""
 
 import json
 import zipfile
@@ -38,8 +39,10 @@ def check_output_name(out: Path, export: bool) -> None:
 
 
 def write_export(path: Path, model_config: dict, vocab: str, arrays: dict[str, np.ndarray],
-                 vocab_mode: str = "chars") -> None:
-    meta = {"format": FORMAT, "version": VERSION, "model": model_config, "vocab": vocab, "vocab_mode": vocab_mode}
+                 vocab_mode: str = "chars", data: dict | None = None) -> None:
+    """`data`: the data settings the model's run recorded, which evaluate.py scores it with."""
+    meta = {"format": FORMAT, "version": VERSION, "model": model_config, "vocab": vocab, "vocab_mode": vocab_mode,
+            "data": data}
     # Through an open file: np.savez would append .npz to a name without it.
     atomic_write(path, lambda file: np.savez(file, __meta__=np.array(json.dumps(meta)), **arrays))
 

@@ -57,7 +57,7 @@ class LoadedModel:
     model_config: dict
     path: Path
     quantization: dict | None = None  # set for int8 checkpoints from charlm.inference.quantize
-    data: dict | None = None  # the data settings its run recorded (training checkpoints only)
+    data: dict | None = None  # the data settings its run recorded (training checkpoints, int8 files, exports)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -67,6 +67,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if is_export(file):
         meta, arrays = read_export(file)
         model_config, vocab_chars, vocab_mode = meta["model"], meta["vocab"], meta.get("vocab_mode", "chars")
+        data = meta.get("data")  # exports made before it was recorded hold none
         state = {name: torch.from_numpy(array) for name, array in arrays.items()}
     else:
         checkpoint = read_checkpoint(file)

@@ -33,7 +33,8 @@ def export(checkpoint, fmt: str = "npz", out: Path | None = None) -> Path:
     if loaded.quantization is not None:
         raise CharLMError(f"{source} holds int8 weights, which the export format does not; export the float "
                           "checkpoint it was made from")
-    write_export(out, loaded.model_config, loaded.vocab.chars, numpy_weights(loaded.model), loaded.vocab.mode)
+    write_export(out, loaded.model_config, loaded.vocab.chars, numpy_weights(loaded.model), loaded.vocab.mode,
+                 loaded.data)
     return out
 
 
