@@ -2,11 +2,12 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from charlm.core.corpus import TokenCache, encode, file_times, ids_in, load_corpus, resolve_path
+from charlm.core.corpus import TokenCache, content_key, encode, file_times, ids_in, load_corpus, resolve_path
 from charlm.core.errors import CharLMError
 from charlm.core.vocab import Vocabulary
 
@@ -147,6 +148,23 @@ def test_an_unwritable_cache_folder_falls_back_to_memory_with_a_warning(tmp_path
         assert corpus.cache_file is None and corpus.vocab.decode(corpus.tokens.tolist()) == path.read_text()
         assert (f"warning: cannot write the token cache in {cache_dir} ({blocker} is a file, not a folder); "
                 "encoding into memory instead") in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_cache_whose_disk_fills_up_falls_back_to_memory_and_is_never_half_used(tmp_path, capsys):
+    """The tokens fit, then the .json that publishes them hits a full disk (its temp file a link to /dev/full)."""
+    path = tmp_path / "t.txt"
+    path.write_text("abc\n" * 100)
+    cache = TokenCache(tmp_path / "cache")
+    _, meta_file = cache.paths(path, content_key(path), "chars")
+    meta_file.parent.mkdir()
+    (meta_file.parent / f".{meta_file.name}.{os.getpid()}.tmp").symlink_to("/dev/full")
+    corpus = load_corpus(str(path), "chars", cache.folder)
+    assert corpus.cache_file is None and corpus.vocab.decode(corpus.tokens.tolist()) == path.read_text()
+    assert (f"cannot write the token cache in {cache.folder} (No space left on device); encoding into memory "
+            "instead") in capsys.readouterr().err
+    assert not meta_file.exists()  # the tokens file without its .json is never taken
+    assert load_corpus(str(path), "chars", cache.folder).cache_file is not None  # room again: cached
 
 
 def test_the_cache_index_finds_a_corpus_without_reading_it(tmp_path):

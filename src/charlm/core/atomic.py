@@ -9,8 +9,9 @@ from charlm.core.errors import CharLMError
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write` into a temp file beside `path`, fsync it, then rename it over `path`. A write
-    the system refuses (a full disk, a quota) is one CharLMError naming `path`, which is left as it was."""
+    """Write through `write` into a temp file beside `path`, fsync it, then rename it over `path`, which a
+    failed write leaves as it was. A write the system refuses (a full disk, a quota) is an OSError naming
+    `path`, whatever error the writer raised about it (torch.save: "unexpected pos ...")."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -22,8 +23,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except Exception as err:
         if (refused := system_error(err)) is None:
             raise
-        kept = "the file there is unchanged" if path.exists() else "no file was made"
-        raise CharLMError(f"cannot write {path}: {refused.strerror} ({kept})") from err
+        raise OSError(refused.errno, refused.strerror, str(path)) from err  # the file's name, not the temp's
     finally:
         temp.unlink(missing_ok=True)
 

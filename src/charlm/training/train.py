@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from charlm.core.atomic import atomic_write, ensure_writable, system_error
 from charlm.core.checks import clock_seconds
+from charlm.core.cli import one_line, user_error
 from charlm.core.errors import CharLMError, Interrupted, command_for
 from charlm.core.generation import sample_text, visible
 from charlm.core.model_config import model_settings
@@ -188,9 +189,9 @@ def train(cfg: DictConfig) -> float:
         except Exception as err:
             if trainer.progress_bar_callback is not None and trainer.progress_bar_callback.is_enabled:
                 print(flush=True)  # the error's line goes below the progress bar, not onto it
-            if system_error(err) is not None and saved_checkpoint(run_dir / "checkpoints"):  # a full disk
-                raise CharLMError(f"{err}; {run_dir / 'checkpoints'} holds the last saved step: resume with "
-                                  f"{resume_command(run_dir)} once it can be written") from err
+            if (refused := system_error(err)) and saved_checkpoint(run_dir / "checkpoints"):  # a full disk
+                raise CharLMError(f"{one_line(user_error(refused))}; {run_dir / 'checkpoints'} holds the last saved "
+                                  f"step: resume with {resume_command(run_dir)} once it can be written") from err
             raise
         seconds = time.perf_counter() - module.started_at
         if not trainer.is_global_zero:
